@@ -1,0 +1,182 @@
+//! Key formats: SPKI public keys and PKCS#8 private keys as PEM, written exactly like the reference
+//! (64-character lines, `\n`, no trailing newline), and the node's own identity.
+
+use std::path::Path;
+
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use rsa::{PrivateKey as RsaPrivateKey, PublicKey as RsaPublicKey};
+
+use super::CryptoError;
+use crate::wire::b64;
+
+/// RSA modulus size of every MindooDB encryption key.
+pub const RSA_BITS: usize = 3072;
+
+/// Wraps DER bytes as PEM the way the reference writes it.
+pub fn pem_encode(label: &str, der: &[u8]) -> String {
+    let body = b64::encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for (i, chunk) in body.as_bytes().chunks(64).enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+    }
+    out.push_str(&format!("\n-----END {label}-----"));
+    out
+}
+
+/// Whitespace-free form of a PEM, used as a lookup key so that re-wrapped text finds the same key.
+pub fn pem_lookup_key(pem: &str) -> String {
+    pem.chars().filter(|c| !c.is_whitespace()).collect()
+}
+
+pub fn parse_signing_public_key(pem: &str) -> Result<VerifyingKey, CryptoError> {
+    VerifyingKey::from_public_key_pem(pem.trim()).map_err(|e| CryptoError::SigningKey(e.to_string()))
+}
+
+pub fn parse_encryption_public_key(pem: &str) -> Result<RsaPublicKey, CryptoError> {
+    RsaPublicKey::from_public_key_pem(pem.trim())
+        .map_err(|e| CryptoError::EncryptionKey(e.to_string()))
+}
+
+pub fn signing_public_pem(key: &VerifyingKey) -> String {
+    let der = key.to_public_key_der().expect("Ed25519 SPKI encodes");
+    pem_encode("PUBLIC KEY", der.as_bytes())
+}
+
+pub fn encryption_public_pem(key: &RsaPublicKey) -> String {
+    let der = key.to_public_key_der().expect("RSA SPKI encodes");
+    pem_encode("PUBLIC KEY", der.as_bytes())
+}
+
+/// A node's (or a user's) key pairs: Ed25519 for signing, RSA-OAEP-3072 for transport encryption.
+pub struct Identity {
+    pub signing: SigningKey,
+    pub encryption: RsaPrivateKey,
+    /// Public keys as PEM text, exactly as published.
+    pub signing_public_pem: String,
+    pub encryption_public_pem: String,
+}
+
+impl Identity {
+    pub fn generate() -> Result<Self, CryptoError> {
+        let mut rng = rand::rng();
+        let signing = SigningKey::generate(&mut rng);
+        let encryption =
+            RsaPrivateKey::new(&mut rng, RSA_BITS).map_err(|e| CryptoError::Rsa(e.to_string()))?;
+        Ok(Self::from_keys(signing, encryption))
+    }
+
+    pub fn from_keys(signing: SigningKey, encryption: RsaPrivateKey) -> Self {
+        let signing_public_pem = signing_public_pem(&signing.verifying_key());
+        let encryption_public_pem = encryption_public_pem(&encryption.to_public_key());
+        Identity {
+            signing,
+            encryption,
+            signing_public_pem,
+            encryption_public_pem,
+        }
+    }
+
+    /// Parses PKCS#8 PEM private keys.
+    pub fn from_pkcs8_pem(signing_pem: &str, encryption_pem: &str) -> Result<Self, CryptoError> {
+        let signing = SigningKey::from_pkcs8_pem(signing_pem.trim())
+            .map_err(|e| CryptoError::PrivateKey(format!("Ed25519: {e}")))?;
+        let encryption = RsaPrivateKey::from_pkcs8_pem(encryption_pem.trim())
+            .map_err(|e| CryptoError::PrivateKey(format!("RSA: {e}")))?;
+        Ok(Self::from_keys(signing, encryption))
+    }
+
+    pub fn load(signing_path: &Path, encryption_path: &Path) -> Result<Self, CryptoError> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| CryptoError::Io {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        Self::from_pkcs8_pem(&read(signing_path)?, &read(encryption_path)?)
+    }
+
+    pub fn signing_private_pem(&self) -> String {
+        let der = self.signing.to_pkcs8_der().expect("Ed25519 PKCS#8 encodes");
+        pem_encode("PRIVATE KEY", der.as_bytes())
+    }
+
+    pub fn encryption_private_pem(&self) -> String {
+        let der = self.encryption.to_pkcs8_der().expect("RSA PKCS#8 encodes");
+        pem_encode("PRIVATE KEY", der.as_bytes())
+    }
+
+    /// Writes both private keys (mode 0600) into `dir` as `signing.pem` and `encryption.pem`.
+    pub fn save(&self, dir: &Path) -> Result<(), CryptoError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CryptoError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        for (name, pem) in [
+            ("signing.pem", self.signing_private_pem()),
+            ("encryption.pem", self.encryption_private_pem()),
+        ] {
+            let path = dir.join(name);
+            write_private(&path, &(pem + "\n")).map_err(io(&path))?;
+        }
+        Ok(())
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testdata;
+
+    #[test]
+    fn reference_keys_round_trip_to_identical_pem() {
+        let keys = testdata::load("keys.json");
+        for name in ["alice", "bob", "server", "outsider"] {
+            let id = &keys["identities"][name];
+            let identity = Identity::from_pkcs8_pem(
+                id["signingPrivateKeyPkcs8"].as_str().unwrap(),
+                id["encryptionPrivateKeyPkcs8"].as_str().unwrap(),
+            )
+            .unwrap();
+            assert_eq!(identity.signing_public_pem, id["signingPublicKey"].as_str().unwrap());
+            assert_eq!(
+                identity.encryption_public_pem,
+                id["encryptionPublicKey"].as_str().unwrap()
+            );
+            assert_eq!(
+                hex::encode(identity.signing.verifying_key().as_bytes()),
+                id["ed25519RawPublicKeyHex"].as_str().unwrap()
+            );
+            let reparsed = parse_signing_public_key(id["signingPublicKey"].as_str().unwrap()).unwrap();
+            assert_eq!(reparsed, identity.signing.verifying_key());
+            parse_encryption_public_key(id["encryptionPublicKey"].as_str().unwrap()).unwrap();
+        }
+    }
+
+    #[test]
+    fn ed25519_pem_is_one_body_line() {
+        let keys = testdata::load("keys.json");
+        let pem = keys["identities"]["alice"]["signingPublicKey"].as_str().unwrap();
+        assert_eq!(pem.lines().count(), 3);
+        assert!(!pem.ends_with('\n'));
+        assert_eq!(pem_lookup_key(&format!("{pem}\n")), pem_lookup_key(&pem.replace('\n', "\r\n")));
+    }
+}

@@ -1,0 +1,187 @@
+//! Transport encryption of `getEntries` payloads to the reader's RSA key (spec §4.9).
+//!
+//! Two formats: the classic per-entry hybrid envelope (one RSA operation per entry, for old clients)
+//! and the session-key format (one RSA operation per response, AES-256-GCM per entry). The node only
+//! encrypts; the decrypt side is here for clients of this crate (remote stores, tests, the CLI).
+
+use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::Aes256Gcm;
+use rand::Rng;
+use rsa::{Oaep, PrivateKey as RsaPrivateKey, PublicKey as RsaPublicKey};
+use sha2::Sha256;
+
+use super::CryptoError;
+
+pub const AES_KEY_LEN: usize = 32;
+pub const IV_LEN: usize = 12;
+
+fn oaep() -> Oaep<Sha256> {
+    Oaep::<Sha256>::new()
+}
+
+pub fn rsa_encrypt(key: &RsaPublicKey, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    key.encrypt(&mut rand::rng(), oaep(), plaintext)
+        .map_err(|e| CryptoError::Rsa(e.to_string()))
+}
+
+pub fn rsa_decrypt(key: &RsaPrivateKey, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    key.decrypt(oaep(), ciphertext)
+        .map_err(|e| CryptoError::Rsa(e.to_string()))
+}
+
+/// AES-256-GCM with a 12-byte IV, tag appended, no AAD.
+pub fn aes_encrypt(key: &[u8; AES_KEY_LEN], iv: &[u8; IV_LEN], plaintext: &[u8]) -> Vec<u8> {
+    let cipher = Aes256Gcm::new(key.into());
+    cipher
+        .encrypt(iv.into(), plaintext)
+        .expect("AES-GCM encryption of an in-memory buffer cannot fail")
+}
+
+pub fn aes_decrypt(
+    key: &[u8; AES_KEY_LEN],
+    iv: &[u8],
+    ciphertext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    let iv: &[u8; IV_LEN] = iv.try_into().map_err(|_| CryptoError::Envelope("IV must be 12 bytes"))?;
+    Aes256Gcm::new(key.into())
+        .decrypt(iv.into(), ciphertext)
+        .map_err(|_| CryptoError::Aes)
+}
+
+pub fn random_key() -> [u8; AES_KEY_LEN] {
+    let mut key = [0u8; AES_KEY_LEN];
+    rand::rng().fill_bytes(&mut key);
+    key
+}
+
+pub fn random_iv() -> [u8; IV_LEN] {
+    let mut iv = [0u8; IV_LEN];
+    rand::rng().fill_bytes(&mut iv);
+    iv
+}
+
+/// Classic envelope: `u16be L | RSA-OAEP(aesKey) | iv(12) | AES-GCM(aesKey, iv, payload)`.
+pub fn hybrid_encrypt(reader: &RsaPublicKey, payload: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let key = random_key();
+    let iv = random_iv();
+    let wrapped = rsa_encrypt(reader, &key)?;
+    let sealed = aes_encrypt(&key, &iv, payload);
+    let mut out = Vec::with_capacity(2 + wrapped.len() + IV_LEN + sealed.len());
+    out.extend_from_slice(&(wrapped.len() as u16).to_be_bytes());
+    out.extend_from_slice(&wrapped);
+    out.extend_from_slice(&iv);
+    out.extend_from_slice(&sealed);
+    Ok(out)
+}
+
+pub fn hybrid_decrypt(reader: &RsaPrivateKey, envelope: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    if envelope.len() < 2 {
+        return Err(CryptoError::Envelope("envelope shorter than its length prefix"));
+    }
+    let rsa_len = u16::from_be_bytes([envelope[0], envelope[1]]) as usize;
+    let rest = &envelope[2..];
+    if rest.len() < rsa_len + IV_LEN {
+        return Err(CryptoError::Envelope("envelope truncated"));
+    }
+    let key = rsa_decrypt(reader, &rest[..rsa_len])?;
+    let key: [u8; AES_KEY_LEN] = key
+        .try_into()
+        .map_err(|_| CryptoError::Envelope("wrapped key is not 32 bytes"))?;
+    aes_decrypt(&key, &rest[rsa_len..rsa_len + IV_LEN], &rest[rsa_len + IV_LEN..])
+}
+
+/// One response's session key: generated once, wrapped once to the reader's RSA key.
+pub struct SessionKey {
+    key: [u8; AES_KEY_LEN],
+    pub wrapped: Vec<u8>,
+}
+
+impl SessionKey {
+    pub fn new(reader: &RsaPublicKey) -> Result<Self, CryptoError> {
+        let key = random_key();
+        let wrapped = rsa_encrypt(reader, &key)?;
+        Ok(SessionKey { key, wrapped })
+    }
+
+    /// Encrypts one payload under a fresh IV; returns `(iv, ciphertext‖tag)`.
+    pub fn seal(&self, payload: &[u8]) -> ([u8; IV_LEN], Vec<u8>) {
+        let iv = random_iv();
+        (iv, aes_encrypt(&self.key, &iv, payload))
+    }
+
+    /// Client side: unwraps the session key with the reader's private key (one RSA operation).
+    pub fn unwrap(reader: &RsaPrivateKey, wrapped: &[u8]) -> Result<[u8; AES_KEY_LEN], CryptoError> {
+        rsa_decrypt(reader, wrapped)?
+            .try_into()
+            .map_err(|_| CryptoError::Envelope("session key is not 32 bytes"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::keys::Identity;
+    use crate::testdata;
+    use crate::wire::b64;
+
+    fn reader(name: &str) -> Identity {
+        let keys = testdata::load("keys.json");
+        let id = &keys["identities"][name];
+        Identity::from_pkcs8_pem(
+            id["signingPrivateKeyPkcs8"].as_str().unwrap(),
+            id["encryptionPrivateKeyPkcs8"].as_str().unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn reference_classic_and_session_responses_decrypt() {
+        let alice = reader("alice");
+        let doc = testdata::load("transport.json");
+        for e in doc["classic"]["entries"].as_array().unwrap() {
+            let env = b64::decode(e["rsaEncryptedPayloadBase64"].as_str().unwrap()).unwrap();
+            let plain = hybrid_decrypt(&alice.encryption, &env).unwrap();
+            assert_eq!(b64::encode(&plain), e["decryptsToEncryptedDataBase64"].as_str().unwrap());
+        }
+        let sk = &doc["sessionKey"];
+        let wrapped = b64::decode(sk["responseBodyJson"]["wrappedSessionKey"].as_str().unwrap()).unwrap();
+        let key = SessionKey::unwrap(&alice.encryption, &wrapped).unwrap();
+        assert_eq!(hex::encode(key), sk["intermediateSessionKeyHex"].as_str().unwrap());
+        for e in sk["entries"].as_array().unwrap() {
+            let iv = b64::decode(e["ivBase64"].as_str().unwrap()).unwrap();
+            let ct = b64::decode(e["sessionEncryptedPayloadBase64"].as_str().unwrap()).unwrap();
+            let plain = aes_decrypt(&key, &iv, &ct).unwrap();
+            assert_eq!(b64::encode(&plain), e["decryptsToEncryptedDataBase64"].as_str().unwrap());
+        }
+        let bin = &doc["getEntriesBinary"];
+        let body = b64::decode(bin["responseBodyBase64"].as_str().unwrap()).unwrap();
+        let framed = crate::wire::framing::decode(&body).unwrap();
+        let header: crate::wire::BinaryGetHeader = serde_json::from_slice(framed.header).unwrap();
+        assert_eq!(header.format, "mdb-entries-v2");
+        let key = SessionKey::unwrap(&alice.encryption, &header.wrapped_session_key.0).unwrap();
+        for ((meta, payload), expected) in framed.frames.iter().zip(bin["frames"].as_array().unwrap()) {
+            let meta: crate::wire::BinaryFrameMeta = serde_json::from_slice(meta).unwrap();
+            let plain = aes_decrypt(&key, &meta.iv.0, payload).unwrap();
+            assert_eq!(b64::encode(&plain), expected["decryptsToEncryptedDataBase64"].as_str().unwrap());
+        }
+        // Wrapped for bob: alice's key must not open it.
+        let other = &doc["sessionKeyForOtherReader"]["responseBodyJson"]["wrappedSessionKey"];
+        let wrapped = b64::decode(other.as_str().unwrap()).unwrap();
+        assert!(SessionKey::unwrap(&alice.encryption, &wrapped).is_err());
+        assert!(SessionKey::unwrap(&reader("bob").encryption, &wrapped).is_ok());
+    }
+
+    #[test]
+    fn own_envelopes_round_trip() {
+        let alice = reader("alice");
+        let public = alice.encryption.to_public_key();
+        let env = hybrid_encrypt(&public, b"payload").unwrap();
+        assert_eq!(u16::from_be_bytes([env[0], env[1]]), 384);
+        assert_eq!(hybrid_decrypt(&alice.encryption, &env).unwrap(), b"payload");
+        let session = SessionKey::new(&public).unwrap();
+        let (iv, ct) = session.seal(b"abc");
+        let key = SessionKey::unwrap(&alice.encryption, &session.wrapped).unwrap();
+        assert_eq!(aes_decrypt(&key, &iv, &ct).unwrap(), b"abc");
+        assert!(hybrid_decrypt(&alice.encryption, &env[..100]).is_err());
+    }
+}

@@ -1,0 +1,19 @@
+//! Locates the recorded reference vectors (`../shared/spec/vectors` beside the checkout, or the folder
+//! named by `SYNCRELAY_VECTORS`) for tests in this crate and in `tests/`.
+
+use std::path::PathBuf;
+
+pub fn vectors_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("SYNCRELAY_VECTORS") {
+        return PathBuf::from(dir);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/vectors")
+}
+
+/// Parses one vector file; panics with the path when it is missing (tests cannot run without it).
+pub fn load(name: &str) -> serde_json::Value {
+    let path = vectors_dir().join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read test vectors {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON in {}: {e}", path.display()))
+}
