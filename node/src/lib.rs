@@ -9,3 +9,4 @@ pub mod bloom;
 pub mod crypto;
 pub mod testdata;
 pub mod wire;
+pub mod store;

@@ -1,0 +1,254 @@
+//! The one storage abstraction, [`ContentAddressedStore`], and its implementations.
+//!
+//! Contract of every implementation (spec §5.7–5.8):
+//! - inserts are keyed by id and idempotent (first writer wins); payloads are deduplicated by
+//!   `contentHash`;
+//! - each newly inserted entry gets the next local `receiptOrder` (from 1), ignoring the incoming
+//!   value, and entries become visible to scans strictly in that order;
+//! - the `epoch` is persisted and changes only when numbering is reset;
+//! - `put_entries` returns only once the batch is durable (for the on-disk store: survives `kill -9`);
+//! - scans are exclusive of the `(receiptOrder, id)` cursor and return at most [`MAX_SCAN_PAGE`].
+//!
+//! The derived operations (find-new-entries, find-entries, all ids, bloom, resolve dependencies) have
+//! default implementations in terms of the primitives, so a new store only implements those.
+
+pub mod memory;
+pub mod registry;
+pub mod sled_store;
+
+use std::collections::{HashSet, VecDeque};
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use crate::bloom::{self, BloomSummary};
+use crate::wire::{
+    CompactionStatus, Entry, EntryMetadata, ResolveOptions, ScanCursor, ScanFilters, ScanPage,
+    StoreHead, StoreId, MAX_SCAN_PAGE,
+};
+
+pub use registry::{StorageBackend, StoreRegistry};
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled error in store {store}: {source}")]
+    Sled {
+        store: String,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("corrupt record in store {store}: {detail}")]
+    Corrupt { store: String, detail: String },
+    #[error("entry {id}: encryptedSize/contentHash do not describe the payload")]
+    PayloadMismatch { id: String },
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+/// What a `put_entries` call did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutSummary {
+    /// Ids that were new and are now stored, in insertion (= receiptOrder) order.
+    pub inserted: Vec<String>,
+    /// Head after the batch.
+    pub head: StoreHead,
+}
+
+/// A change notification: the store's head after a batch that inserted something.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreChange {
+    pub store: StoreId,
+    pub head: StoreHead,
+}
+
+/// Size figures for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub entries: u64,
+    pub payload_bytes: u64,
+}
+
+#[async_trait]
+pub trait ContentAddressedStore: Send + Sync {
+    fn id(&self) -> &StoreId;
+
+    /// Stores new entries durably; existing ids are skipped.
+    async fn put_entries(&self, entries: Vec<Entry>) -> Result<PutSummary, StoreError>;
+
+    /// Full entries for the known ids, in request order; unknown ids are skipped.
+    async fn get_entries(&self, ids: &[String]) -> Result<Vec<Entry>, StoreError>;
+
+    async fn get_entry_metadata(&self, id: &str) -> Result<Option<EntryMetadata>, StoreError>;
+
+    /// The subset of `ids` that exists, in request order.
+    async fn has_entries(&self, ids: &[String]) -> Result<Vec<String>, StoreError>;
+
+    /// One page of a cursor scan in `(receiptOrder, id)` order. `limit` is clamped to 1..=1000.
+    async fn scan_entries_since(
+        &self,
+        cursor: Option<&ScanCursor>,
+        limit: usize,
+        filters: &ScanFilters,
+    ) -> Result<ScanPage, StoreError>;
+
+    async fn get_store_head(&self) -> Result<StoreHead, StoreError>;
+
+    async fn compaction_status(&self) -> Result<CompactionStatus, StoreError>;
+
+    async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// Change notifications. The channel may carry other stores' changes too (stores opened by one
+    /// registry share it); filter on [`StoreChange::store`].
+    fn subscribe_changes(&self) -> broadcast::Receiver<StoreChange>;
+
+    /// Makes everything written so far durable.
+    async fn flush(&self) -> Result<(), StoreError>;
+
+    /// Every entry whose id is not in `have_ids`, in scan order.
+    async fn find_new_entries(&self, have_ids: &[String]) -> Result<Vec<EntryMetadata>, StoreError> {
+        let have: HashSet<&str> = have_ids.iter().map(String::as_str).collect();
+        collect_scan_dyn(self, &ScanFilters::default(), &|m| !have.contains(m.id.as_str())).await
+    }
+
+    /// Entries of one document whose id is not in `have_ids`.
+    async fn find_new_entries_for_doc(
+        &self,
+        have_ids: &[String],
+        doc_id: &str,
+    ) -> Result<Vec<EntryMetadata>, StoreError> {
+        let have: HashSet<&str> = have_ids.iter().map(String::as_str).collect();
+        let filters = ScanFilters {
+            doc_id: Some(doc_id.to_string()),
+            ..ScanFilters::default()
+        };
+        collect_scan_dyn(self, &filters, &|m| !have.contains(m.id.as_str())).await
+    }
+
+    /// Entries of one type created in `[from, until)` (either bound optional).
+    async fn find_entries(
+        &self,
+        entry_type: &str,
+        from: Option<i64>,
+        until: Option<i64>,
+    ) -> Result<Vec<EntryMetadata>, StoreError> {
+        let filters = ScanFilters {
+            entry_types: Some(vec![entry_type.to_string()]),
+            creation_date_from: from,
+            creation_date_until: until,
+            ..ScanFilters::default()
+        };
+        collect_scan_dyn(self, &filters, &|_| true).await
+    }
+
+    /// All ids in scan order.
+    async fn get_all_ids(&self) -> Result<Vec<String>, StoreError> {
+        Ok(collect_scan_dyn(self, &ScanFilters::default(), &|_| true)
+            .await?
+            .into_iter()
+            .map(|m| m.id)
+            .collect())
+    }
+
+    /// bloom-v1 summary of all ids (spec §4.6).
+    async fn get_id_bloom_summary(&self) -> Result<BloomSummary, StoreError> {
+        let ids = self.get_all_ids().await?;
+        Ok(bloom::build(ids.iter().map(String::as_str)))
+    }
+
+    /// Breadth-first walk over `dependencyIds` from `start_id`, dependencies first (spec §4.13).
+    async fn resolve_dependencies(
+        &self,
+        start_id: &str,
+        options: &ResolveOptions,
+    ) -> Result<Vec<String>, StoreError> {
+        let max_depth = options.max_depth.filter(|d| d.is_finite());
+        let include_start = options.include_start.unwrap_or(true);
+        let mut seen = HashSet::from([start_id.to_string()]);
+        let mut queue = VecDeque::from([(start_id.to_string(), 0u64)]);
+        let mut emitted = Vec::new();
+        while let Some((id, depth)) = queue.pop_front() {
+            if max_depth.is_some_and(|max| depth as f64 > max) {
+                continue;
+            }
+            let Some(meta) = self.get_entry_metadata(&id).await? else {
+                continue;
+            };
+            let is_start = id == start_id;
+            if !is_start || include_start {
+                emitted.push(id.clone());
+            }
+            let stop = !is_start
+                && options
+                    .stop_at_entry_type
+                    .as_deref()
+                    .is_some_and(|t| t == meta.entry_type);
+            if stop {
+                continue;
+            }
+            for dep in meta.dependency_ids {
+                if seen.insert(dep.clone()) {
+                    queue.push_back((dep, depth + 1));
+                }
+            }
+        }
+        emitted.reverse();
+        Ok(emitted)
+    }
+}
+
+/// Runs a filtered scan to the end, keeping what `keep` accepts.
+pub async fn collect_scan_dyn<S: ContentAddressedStore + ?Sized>(
+    store: &S,
+    filters: &ScanFilters,
+    keep: &(dyn Fn(&EntryMetadata) -> bool + Send + Sync),
+) -> Result<Vec<EntryMetadata>, StoreError> {
+    let mut out = Vec::new();
+    let mut cursor: Option<ScanCursor> = None;
+    loop {
+        let page = store
+            .scan_entries_since(cursor.as_ref(), MAX_SCAN_PAGE, filters)
+            .await?;
+        out.extend(page.entries.into_iter().filter(|m| keep(m)));
+        if !page.has_more {
+            return Ok(out);
+        }
+        cursor = page.next_cursor;
+    }
+}
+
+/// Verifies that an entry's declared hash and size describe its payload (defence in depth: the
+/// server checks this before calling the store, the store refuses to persist a lie).
+pub(crate) fn check_payload(entry: &Entry) -> Result<(), StoreError> {
+    if entry.metadata.content_hash != crate::wire::content_hash(&entry.encrypted_data) {
+        return Err(StoreError::PayloadMismatch {
+            id: entry.metadata.id.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Assembles a scan page: `nextCursor` is the last returned entry, or the request cursor echoed as
+/// received when the page is empty (spec §4.4).
+pub(crate) fn page(entries: Vec<EntryMetadata>, cursor: Option<&ScanCursor>, has_more: bool) -> ScanPage {
+    let next_cursor = match entries.last() {
+        Some(last) => Some(ScanCursor {
+            receipt_order: last.receipt_order.unwrap_or(0),
+            id: last.id.clone(),
+        }),
+        None => cursor.cloned(),
+    };
+    ScanPage {
+        entries,
+        next_cursor,
+        has_more,
+    }
+}
+
+/// Fresh epoch: a UUIDv7 string like the reference's.
+pub(crate) fn new_epoch() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+#[cfg(test)]
+pub(crate) mod contract_tests;
