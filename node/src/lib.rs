@@ -10,3 +10,6 @@ pub mod crypto;
 pub mod testdata;
 pub mod wire;
 pub mod store;
+pub mod auth;
+pub mod config;
+pub mod directory;
