@@ -13,3 +13,6 @@ pub mod store;
 pub mod auth;
 pub mod config;
 pub mod directory;
+pub mod metrics;
+pub mod node;
+pub mod server;

@@ -1,1 +1,124 @@
-fn main() {}
+//! `syncrelay-node`: command-line entry point.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use syncrelay_node::config::{LogFormat, NodeConfig};
+use syncrelay_node::crypto::keys::Identity;
+use syncrelay_node::directory::{ServerEntry, UserEntry};
+
+#[derive(Parser)]
+#[command(name = "syncrelay-node", version, about = "A MindooDB sync-v5 node for end-to-end-encrypted relay chains")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node. Without flags: an origin on 127.0.0.1:1661 with its sled store under ./data.
+    Serve {
+        /// Node configuration (YAML); flags override its values.
+        #[arg(long, short, env = "SYNCRELAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Listen address, e.g. 0.0.0.0:1661 (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Data directory (store and generated identity).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Tenant directory file (YAML); reloaded when it changes.
+        #[arg(long)]
+        directory: Option<PathBuf>,
+        /// Log format.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormatArg>,
+    },
+    /// Generate an Ed25519 signing key and an RSA-3072 encryption key (PKCS#8 PEM, mode 0600) and
+    /// print the matching directory entry.
+    Keygen {
+        /// Folder for signing.pem and encryption.pem.
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Name in the directory entry (e.g. CN=alice/O=acme).
+        #[arg(long, default_value = "CN=syncrelay-node")]
+        name: String,
+        /// Print a trustedServers entry instead of a users entry.
+        #[arg(long)]
+        server: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Serve { config, listen, data, directory, log_format } => {
+            let mut cfg = match &config {
+                Some(path) => NodeConfig::load(path)?,
+                None => NodeConfig::default(),
+            };
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            if let Some(d) = data {
+                cfg.data_dir = d;
+            }
+            if let Some(d) = directory {
+                cfg.directory_file = Some(d);
+            }
+            if let Some(f) = log_format {
+                cfg.log_format = match f {
+                    LogFormatArg::Text => LogFormat::Text,
+                    LogFormatArg::Json => LogFormat::Json,
+                };
+            }
+            cfg.validate()?;
+            init_logging(cfg.log_format);
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let state = syncrelay_node::node::build_state(cfg)?;
+                syncrelay_node::node::run(state, syncrelay_node::node::shutdown_signal()).await
+            })
+        }
+        Command::Keygen { out, name, server } => {
+            eprintln!("generating Ed25519 and RSA-3072 keys (RSA takes a few seconds)...");
+            let identity = Identity::generate()?;
+            identity.save(&out).with_context(|| format!("writing keys to {}", out.display()))?;
+            eprintln!("private keys written to {}/signing.pem and encryption.pem", out.display());
+            let entry = if server {
+                serde_yaml::to_string(&vec![ServerEntry {
+                    name,
+                    signing_public_key: identity.signing_public_pem.clone(),
+                    encryption_public_key: identity.encryption_public_pem.clone(),
+                }])?
+            } else {
+                serde_yaml::to_string(&vec![UserEntry {
+                    username: name,
+                    signing_public_key: identity.signing_public_pem.clone(),
+                    encryption_public_key: identity.encryption_public_pem.clone(),
+                    revoked: false,
+                }])?
+            };
+            let section = if server { "trustedServers" } else { "users" };
+            println!("# add under tenants.<tenant>.{section} in the directory file:\n{entry}");
+            Ok(())
+        }
+    }
+}

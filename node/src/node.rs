@@ -1,0 +1,157 @@
+//! Assembling and running a node: identity, directory, auth secret, storage, HTTP(S) listener,
+//! graceful shutdown that flushes the store.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::auth::AuthService;
+use crate::config::{NodeConfig, StorageKind};
+use crate::crypto::keys::Identity;
+use crate::directory::DirectoryHandle;
+use crate::metrics::Metrics;
+use crate::server::{self, AppState, Limiters, SharedState};
+use crate::store::{StorageBackend, StoreRegistry};
+
+/// Loads the configured identity, or the one generated earlier under `dataDir/identity`, or
+/// generates and keeps a new one.
+pub fn load_identity(config: &NodeConfig) -> anyhow::Result<Identity> {
+    if let (Some(s), Some(e)) = (&config.identity.signing_key_file, &config.identity.encryption_key_file) {
+        return Identity::load(s, e).context("loading the node identity");
+    }
+    let dir = config.data_dir.join("identity");
+    let (s, e) = (dir.join("signing.pem"), dir.join("encryption.pem"));
+    if s.exists() && e.exists() {
+        return Identity::load(&s, &e).context("loading the generated node identity");
+    }
+    tracing::info!(dir = %dir.display(), "generating the node identity (Ed25519 + RSA-3072)");
+    let identity = Identity::generate()?;
+    identity.save(&dir)?;
+    Ok(identity)
+}
+
+fn auth_secret(path: Option<&Path>) -> anyhow::Result<Vec<u8>> {
+    match path {
+        Some(p) => {
+            let secret = std::fs::read(p).with_context(|| format!("reading auth secret {}", p.display()))?;
+            let trimmed = secret.trim_ascii().to_vec();
+            anyhow::ensure!(trimmed.len() >= 32, "auth secret {} must hold at least 32 bytes", p.display());
+            Ok(trimmed)
+        }
+        None => Ok(AuthService::random_secret()),
+    }
+}
+
+/// Builds the shared state of a node from its configuration.
+pub fn build_state(config: NodeConfig) -> anyhow::Result<SharedState> {
+    let metrics = Arc::new(Metrics::new());
+    let identity = load_identity(&config)?;
+    let reload_metrics = metrics.clone();
+    let directory = DirectoryHandle::open(
+        config.directory_file.clone(),
+        Box::new(move |result| match result {
+            Ok(()) => {
+                tracing::info!("tenant directory reloaded");
+                reload_metrics.directory_reloads.with_label_values(&["ok"]).inc();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "tenant directory reload failed; keeping the previous one");
+                reload_metrics.directory_reloads.with_label_values(&["error"]).inc();
+            }
+        }),
+    )?;
+    let auth = AuthService::new(auth_secret(config.auth.secret_file.as_deref())?, &config.auth);
+    let stores = match config.storage.kind {
+        StorageKind::Memory => StoreRegistry::memory(),
+        StorageKind::Sled => {
+            let dir = config.data_dir.join("store");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let backend = StorageBackend::sled(&dir, config.storage.cache_capacity_bytes)?;
+            StoreRegistry::new(backend, Some(config.data_dir.clone()))
+        }
+    };
+    let opened = stores.open_existing()?;
+    tracing::info!(stores = opened, "storage ready");
+    Ok(Arc::new(AppState {
+        limits: Limiters::from_config(&config.limits),
+        config,
+        identity,
+        directory,
+        auth,
+        stores,
+        metrics,
+    }))
+}
+
+/// Serves until `shutdown` resolves, then drains requests and flushes the store.
+pub async fn run(
+    state: SharedState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind(state.config.listen)
+        .with_context(|| format!("binding {}", state.config.listen))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let app = server::router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let handle = axum_server::Handle::new();
+    let scheme = if state.config.tls.is_some() { "https" } else { "http" };
+    // One machine-readable line so that scripts and tests can find an ephemeral port.
+    println!("listening on {scheme}://{addr}");
+    tracing::info!(%addr, scheme, name = %state.config.name, "syncrelay-node listening");
+    let shutdown_handle = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: draining requests");
+        shutdown_handle.graceful_shutdown(Some(server::SHUTDOWN_GRACE));
+    });
+    match &state.config.tls {
+        Some(tls) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let rustls_config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert_file, &tls.key_file)
+                .await
+                .context("loading TLS certificate and key")?;
+            tokio::spawn(watch_tls(rustls_config.clone(), tls.cert_file.clone(), tls.key_file.clone()));
+            axum_server::from_tcp_rustls(listener, rustls_config).handle(handle).serve(app).await?;
+        }
+        None => axum_server::from_tcp(listener).handle(handle).serve(app).await?,
+    }
+    state.stores.flush_all().await.context("flushing the store on shutdown")?;
+    tracing::info!("store flushed; bye");
+    Ok(())
+}
+
+/// Reloads the certificate when either file changes (cert-manager renewals).
+async fn watch_tls(config: axum_server::tls_rustls::RustlsConfig, cert: PathBuf, key: PathBuf) {
+    let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut last = (stamp(&cert), stamp(&key));
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let now = (stamp(&cert), stamp(&key));
+        if now != last {
+            match config.reload_from_pem_file(&cert, &key).await {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(e) => tracing::error!(error = %e, "TLS certificate reload failed; keeping the previous one"),
+            }
+            last = now;
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

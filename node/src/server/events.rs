@@ -1,0 +1,65 @@
+//! `GET /:tenantId/sync/:storeKind/events`: the SSE change feed (spec §4.17). LF-only framing, a
+//! `hello` event first, a `change` event per stored batch of any database of the tenant and store
+//! kind, and a heartbeat comment every 30 s.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use futures::stream::{self, StreamExt};
+use tokio_stream::wrappers::{BroadcastStream, IntervalStream};
+
+use super::error::ApiError;
+use super::sync::authorize;
+use super::{now_ms, ClientIp, SharedState};
+use crate::wire::{ids, ChangeEventData, PROTOCOL_VERSION};
+
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
+
+pub async fn events(
+    State(state): State<SharedState>,
+    Path((tenant, kind)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    Extension(ClientIp(ip)): Extension<ClientIp>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (pending, directory) = authorize(&state, &tenant, &kind, &headers, ip)?;
+    let gate_db = query.get("dbId").map(String::as_str).unwrap_or("directory");
+    ids::validate_db_id(gate_db).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let ctx = pending.finish(&state, directory)?;
+    let (tenant, kind) = (ctx.tenant.clone(), ctx.kind);
+
+    let hello = Event::default()
+        .event("hello")
+        .data(serde_json::json!({ "protocolVersion": PROTOCOL_VERSION }).to_string());
+    let changes = BroadcastStream::new(state.stores.subscribe()).filter_map(move |change| {
+        let event = match change {
+            Ok(c) if c.store.tenant_id == tenant && c.store.kind == kind => {
+                let data = ChangeEventData {
+                    db_id: c.store.db_id,
+                    store_kind: c.store.kind,
+                    epoch: c.head.epoch,
+                    max_receipt_order: c.head.max_receipt_order,
+                };
+                Some(Event::default().event("change").data(serde_json::to_string(&data).expect("serialises")))
+            }
+            _ => None,
+        };
+        std::future::ready(event)
+    });
+    let heartbeat = IntervalStream::new(tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT))
+        .map(|_| Event::default().comment(format!("heartbeat {}", now_ms())));
+    let stream = stream::once(std::future::ready(hello))
+        .chain(stream::select(changes, heartbeat))
+        .map(Ok::<_, Infallible>);
+    Ok((
+        [("cache-control", "no-cache, no-transform"), ("x-accel-buffering", "no")],
+        Sse::new(stream),
+    )
+        .into_response())
+}
