@@ -38,11 +38,11 @@ type HmacSha256 = Hmac<Sha256>;
 pub enum ChallengeError {
     #[error("User \"{0}\" has been revoked from this tenant.")]
     Revoked(String),
-    #[error("User \"{0}\" is not found in this server's tenant directory. The user may not have been registered yet, or the tenant's directory data may not be synced to this server yet.")]
+    #[error("User \"{0}\" is not found in this server's tenant directory. The user may not have been registered yet, or the tenant's directory database may not have been synced to this server yet. Ask the tenant administrator to sync the directory.")]
     UnknownUser(String),
-    #[error("This device's signing key is not yet in the tenant directory on this server for user \"{0}\". After the administrator approves the device, try again.")]
+    #[error("This device's signing key is not yet in the tenant directory on this server for user \"{0}\". After the administrator approved the join request, they must sync the directory database to this server before the new device can connect.")]
     UnknownDeviceKey(String),
-    #[error("No active access grant is known for the provided signing key on this server. The access may have been revoked, or the tenant's directory data may not be synced to this server yet.")]
+    #[error("No active access grant is known for the provided signing key on this server. The access may have been revoked, or the tenant's directory database may not have been synced to this server yet. Ask the tenant administrator to sync the directory.")]
     UnknownKey,
     #[error("A username or signing public key is required to request a challenge.")]
     NothingGiven,
