@@ -160,7 +160,10 @@ impl AuthService {
                 }
                 if let Some(key) = key {
                     let wanted = pem_lookup_key(key);
-                    if !active.iter().any(|p| pem_lookup_key(&p.signing_pem) == wanted) {
+                    if !active
+                        .iter()
+                        .any(|p| pem_lookup_key(&p.signing_pem) == wanted)
+                    {
                         return Err(ChallengeError::UnknownDeviceKey(name.to_string()));
                     }
                 }
@@ -195,7 +198,8 @@ impl AuthService {
         let mut check = HmacSha256::new_from_slice(&self.derived_key("challenge", tenant)).ok()?;
         check.update(payload.as_bytes());
         check.verify_slice(&mac).ok()?;
-        let parsed: ChallengePayload = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+        let parsed: ChallengePayload =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
         (parsed.t == tenant).then_some(parsed)
     }
 
@@ -224,14 +228,23 @@ impl AuthService {
             .by_username(&payload.u)
             .iter()
             .filter(|p| p.is_active())
-            .filter(|p| payload.k.as_deref().is_none_or(|k| key_fingerprint(&p.signing_pem) == k))
+            .filter(|p| {
+                payload
+                    .k
+                    .as_deref()
+                    .is_none_or(|k| key_fingerprint(&p.signing_pem) == k)
+            })
             .collect();
         if candidates.is_empty() {
             return Err(AuthenticateError::NoActiveKey);
         }
         let device = candidates
             .into_iter()
-            .find(|p| p.signing_key.verify_strict(challenge.as_bytes(), &signature).is_ok())
+            .find(|p| {
+                p.signing_key
+                    .verify_strict(challenge.as_bytes(), &signature)
+                    .is_ok()
+            })
             .ok_or(AuthenticateError::InvalidSignature)?;
         let iat = now_ms / 1000;
         let claims = Claims {
@@ -283,8 +296,12 @@ impl AuthService {
 
 /// Mints an HS256 JWT.
 pub fn sign_token(claims: &Claims, key: &[u8]) -> String {
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(key))
-        .expect("HS256 signing cannot fail")
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(key),
+    )
+    .expect("HS256 signing cannot fail")
 }
 
 /// Verifies an HS256 JWT (any other `alg` is refused) and its `exp` against `now_secs`.
@@ -293,7 +310,8 @@ pub fn verify_token(token: &str, key: &[u8], now_secs: i64) -> Option<Claims> {
     // exp is checked below against the caller's clock, so it can be tested deterministically.
     validation.validate_exp = false;
     validation.required_spec_claims.clear();
-    let data = jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(key), &validation).ok()?;
+    let data =
+        jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(key), &validation).ok()?;
     (data.claims.exp >= now_secs).then_some(data.claims)
 }
 
@@ -321,12 +339,21 @@ mod tests {
 
     fn directory(users: Vec<UserEntry>) -> Directory {
         let mut file = DirectoryFile::default();
-        file.tenants.insert("acme".into(), TenantFile { users, ..Default::default() });
+        file.tenants.insert(
+            "acme".into(),
+            TenantFile {
+                users,
+                ..Default::default()
+            },
+        );
         Directory::from_file(&file).unwrap()
     }
 
     fn service() -> AuthService {
-        AuthService::new(b"shared-secret-of-the-node-set".to_vec(), &Default::default())
+        AuthService::new(
+            b"shared-secret-of-the-node-set".to_vec(),
+            &Default::default(),
+        )
     }
 
     fn sign(key: &SigningKey, challenge: &str) -> String {
@@ -338,7 +365,10 @@ mod tests {
         let doc = testdata::load("auth.json");
         let v = &doc["challengeSignature"];
         let (_, alice) = user("alice", "a", false);
-        assert_eq!(sign(&alice, v["challenge"].as_str().unwrap()), v["signatureBase64"].as_str().unwrap());
+        assert_eq!(
+            sign(&alice, v["challenge"].as_str().unwrap()),
+            v["signatureBase64"].as_str().unwrap()
+        );
     }
 
     #[test]
@@ -350,13 +380,23 @@ mod tests {
         let token = v["token"].as_str().unwrap();
         let claims = verify_token(token, &secret, now).expect("valid at its time");
         assert_eq!(serde_json::to_value(&claims).unwrap(), v["payload"]);
-        assert!(verify_token(token, &secret, claims.exp + 1).is_none(), "expired");
+        assert!(
+            verify_token(token, &secret, claims.exp + 1).is_none(),
+            "expired"
+        );
         assert!(verify_token(token, b"other", now).is_none(), "forged");
         // alg:none with the same payload is refused.
-        let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#), v["payloadB64"].as_str().unwrap());
+        let none = format!(
+            "{}.{}.",
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            v["payloadB64"].as_str().unwrap()
+        );
         assert!(verify_token(&none, &secret, now).is_none());
         // Our own token of the same claims verifies under the same rules.
-        assert_eq!(verify_token(&sign_token(&claims, &secret), &secret, now), Some(claims));
+        assert_eq!(
+            verify_token(&sign_token(&claims, &secret), &secret, now),
+            Some(claims)
+        );
     }
 
     #[test]
@@ -368,32 +408,82 @@ mod tests {
         let (a, b) = (service(), service()); // two replicas, one secret
         let now = 1_800_000_000_000;
 
-        let c = a.issue_challenge("acme", t, Some("cn=alice/o=acme"), Some(&alice.signing_public_key), now).unwrap();
-        let token = b.authenticate("acme", t, &c, &sign(&alice_key, &c), now + 1000).expect("other replica accepts");
-        assert_eq!(b.authenticate("acme", t, &c, &sign(&alice_key, &c), now + 1000), Err(AuthenticateError::AlreadyUsed));
-        let p = a.validate_token("acme", t, &token, now + 2000).expect("token valid on the issuing replica too");
+        let c = a
+            .issue_challenge(
+                "acme",
+                t,
+                Some("cn=alice/o=acme"),
+                Some(&alice.signing_public_key),
+                now,
+            )
+            .unwrap();
+        let token = b
+            .authenticate("acme", t, &c, &sign(&alice_key, &c), now + 1000)
+            .expect("other replica accepts");
+        assert_eq!(
+            b.authenticate("acme", t, &c, &sign(&alice_key, &c), now + 1000),
+            Err(AuthenticateError::AlreadyUsed)
+        );
+        let p = a
+            .validate_token("acme", t, &token, now + 2000)
+            .expect("token valid on the issuing replica too");
         assert_eq!(p.username, "CN=alice/O=acme");
-        assert!(a.validate_token("other", t, &token, now).is_none(), "tenant-bound");
-        assert!(a.validate_token("acme", t, &token, now + 3_601_000 + 1000).is_none(), "expires");
+        assert!(
+            a.validate_token("other", t, &token, now).is_none(),
+            "tenant-bound"
+        );
+        assert!(
+            a.validate_token("acme", t, &token, now + 3_601_000 + 1000)
+                .is_none(),
+            "expires"
+        );
 
         // Wrong signer; the challenge is spent anyway.
-        let c = a.issue_challenge("acme", t, None, Some(&alice.signing_public_key), now).unwrap();
-        assert_eq!(a.authenticate("acme", t, &c, &sign(&bob_key, &c), now), Err(AuthenticateError::InvalidSignature));
-        assert_eq!(a.authenticate("acme", t, &c, &sign(&alice_key, &c), now), Err(AuthenticateError::AlreadyUsed));
+        let c = a
+            .issue_challenge("acme", t, None, Some(&alice.signing_public_key), now)
+            .unwrap();
+        assert_eq!(
+            a.authenticate("acme", t, &c, &sign(&bob_key, &c), now),
+            Err(AuthenticateError::InvalidSignature)
+        );
+        assert_eq!(
+            a.authenticate("acme", t, &c, &sign(&alice_key, &c), now),
+            Err(AuthenticateError::AlreadyUsed)
+        );
 
         // Expired and tampered challenges.
-        let c = a.issue_challenge("acme", t, Some("CN=alice/O=acme"), None, now).unwrap();
-        assert_eq!(a.authenticate("acme", t, &c, &sign(&alice_key, &c), now + 301_000), Err(AuthenticateError::Expired));
+        let c = a
+            .issue_challenge("acme", t, Some("CN=alice/O=acme"), None, now)
+            .unwrap();
+        assert_eq!(
+            a.authenticate("acme", t, &c, &sign(&alice_key, &c), now + 301_000),
+            Err(AuthenticateError::Expired)
+        );
         let forged = c.replacen("v1.", "v1.x", 1);
-        assert_eq!(a.authenticate("acme", t, &forged, &sign(&alice_key, &forged), now), Err(AuthenticateError::NotFound));
+        assert_eq!(
+            a.authenticate("acme", t, &forged, &sign(&alice_key, &forged), now),
+            Err(AuthenticateError::NotFound)
+        );
 
         // Challenge errors.
-        assert_eq!(a.issue_challenge("acme", t, Some("nobody"), None, now), Err(ChallengeError::UnknownUser("nobody".into())));
         assert_eq!(
-            a.issue_challenge("acme", t, Some("CN=alice/O=acme"), Some(&bob.signing_public_key), now),
+            a.issue_challenge("acme", t, Some("nobody"), None, now),
+            Err(ChallengeError::UnknownUser("nobody".into()))
+        );
+        assert_eq!(
+            a.issue_challenge(
+                "acme",
+                t,
+                Some("CN=alice/O=acme"),
+                Some(&bob.signing_public_key),
+                now
+            ),
             Err(ChallengeError::UnknownDeviceKey("CN=alice/O=acme".into()))
         );
-        assert_eq!(a.issue_challenge("acme", t, None, None, now), Err(ChallengeError::NothingGiven));
+        assert_eq!(
+            a.issue_challenge("acme", t, None, None, now),
+            Err(ChallengeError::NothingGiven)
+        );
 
         // Revocation: the same token stops working against the new directory.
         let (mut revoked_alice, _) = user("alice", "CN=alice/O=acme", true);
@@ -412,15 +502,31 @@ mod tests {
         let (alice, alice_key) = user("alice", "alice", false);
         let dir = directory(vec![alice]);
         let t = dir.tenant("acme").unwrap();
-        let config = crate::config::AuthConfig { max_outstanding_challenges: 1, ..Default::default() };
+        let config = crate::config::AuthConfig {
+            max_outstanding_challenges: 1,
+            ..Default::default()
+        };
         let s = AuthService::new(b"k".to_vec(), &config);
         let now = 1_800_000_000_000;
-        let c1 = s.issue_challenge("acme", t, Some("alice"), None, now).unwrap();
-        let c2 = s.issue_challenge("acme", t, Some("alice"), None, now).unwrap();
-        assert!(s.authenticate("acme", t, &c1, &sign(&alice_key, &c1), now).is_ok());
-        assert_eq!(s.authenticate("acme", t, &c2, &sign(&alice_key, &c2), now), Err(AuthenticateError::Busy));
+        let c1 = s
+            .issue_challenge("acme", t, Some("alice"), None, now)
+            .unwrap();
+        let c2 = s
+            .issue_challenge("acme", t, Some("alice"), None, now)
+            .unwrap();
+        assert!(s
+            .authenticate("acme", t, &c1, &sign(&alice_key, &c1), now)
+            .is_ok());
+        assert_eq!(
+            s.authenticate("acme", t, &c2, &sign(&alice_key, &c2), now),
+            Err(AuthenticateError::Busy)
+        );
         // After the first challenge expired, room is made again.
-        let c3 = s.issue_challenge("acme", t, Some("alice"), None, now + 400_000).unwrap();
-        assert!(s.authenticate("acme", t, &c3, &sign(&alice_key, &c3), now + 400_000).is_ok());
+        let c3 = s
+            .issue_challenge("acme", t, Some("alice"), None, now + 400_000)
+            .unwrap();
+        assert!(s
+            .authenticate("acme", t, &c3, &sign(&alice_key, &c3), now + 400_000)
+            .is_ok());
     }
 }

@@ -36,7 +36,9 @@ pub fn shape(n: usize, p: f64) -> (u64, u32) {
 }
 
 fn fnv1a(units: impl Iterator<Item = u16>) -> u32 {
-    units.fold(0x811C_9DC5u32, |h, u| (h ^ u as u32).wrapping_mul(0x0100_0193))
+    units.fold(0x811C_9DC5u32, |h, u| {
+        (h ^ u as u32).wrapping_mul(0x0100_0193)
+    })
 }
 
 fn djb2(units: impl Iterator<Item = u16>) -> u32 {
@@ -45,8 +47,16 @@ fn djb2(units: impl Iterator<Item = u16>) -> u32 {
 
 /// `(h1, h2)` of an id under `salt`.
 pub fn hashes(id: &str, salt: &str) -> (u32, u32) {
-    let h1 = fnv1a(salt.encode_utf16().chain([b':' as u16]).chain(id.encode_utf16()));
-    let h2 = djb2(id.encode_utf16().chain([b':' as u16]).chain(salt.encode_utf16()));
+    let h1 = fnv1a(
+        salt.encode_utf16()
+            .chain([b':' as u16])
+            .chain(id.encode_utf16()),
+    );
+    let h2 = djb2(
+        id.encode_utf16()
+            .chain([b':' as u16])
+            .chain(salt.encode_utf16()),
+    );
     (h1, if h2 == 0 { 1 } else { h2 })
 }
 
@@ -140,17 +150,30 @@ mod tests {
     use sha2::{Digest, Sha256};
 
     fn ids(v: &serde_json::Value) -> Vec<String> {
-        v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
     }
 
     #[test]
     fn spec_table() {
         let s = build(std::iter::empty());
-        assert_eq!((s.bit_count, s.hash_count, s.bitset_base64.as_str()), (64, 2, "AAAAAAAAAAA="));
+        assert_eq!(
+            (s.bit_count, s.hash_count, s.bitset_base64.as_str()),
+            (64, 2, "AAAAAAAAAAA=")
+        );
         let s = build(["a"].into_iter());
-        assert_eq!((s.bit_count, s.hash_count, s.bitset_base64.as_str()), (64, 44, "VVVVVVVVVVU="));
+        assert_eq!(
+            (s.bit_count, s.hash_count, s.bitset_base64.as_str()),
+            (64, 44, "VVVVVVVVVVU=")
+        );
         let s = build(["a", "b", "c"].into_iter());
-        assert_eq!((s.bit_count, s.hash_count, s.bitset_base64.as_str()), (64, 15, "JXUBXVkD18E="));
+        assert_eq!(
+            (s.bit_count, s.hash_count, s.bitset_base64.as_str()),
+            (64, 15, "JXUBXVkD18E=")
+        );
         let s = build(["doc1_d_0_abc"].into_iter());
         assert_eq!(s.bitset_base64, "nud5z/M873k=");
         let many: Vec<String> = (0..1000).map(|i| format!("id-{i}")).collect();
@@ -179,7 +202,12 @@ mod tests {
             ex["hashCount"].as_u64().unwrap() as u32,
         )
         .collect();
-        let want: Vec<u64> = ex["indexes"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        let want: Vec<u64> = ex["indexes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
         assert_eq!(got, want);
     }
 
@@ -205,7 +233,10 @@ mod tests {
                 );
             }
             if let Some(fp) = set.get("falsePositiveExample").and_then(|f| f.get("id")) {
-                assert!(tester.might_contain(fp.as_str().unwrap()), "{name}: false positive");
+                assert!(
+                    tester.might_contain(fp.as_str().unwrap()),
+                    "{name}: false positive"
+                );
             }
         }
         let unknown = &doc["unknownVersionSummary"];

@@ -216,7 +216,9 @@ impl NodeConfig {
             ));
         }
         if self.limits.max_body_bytes < 1024 {
-            return Err(ConfigError::Invalid("limits.maxBodyBytes must be at least 1024".into()));
+            return Err(ConfigError::Invalid(
+                "limits.maxBodyBytes must be at least 1024".into(),
+            ));
         }
         Ok(())
     }

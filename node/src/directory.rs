@@ -160,7 +160,11 @@ impl TenantDirectory {
             .admin
             .iter()
             .map(|u| (u.username.as_str(), u, PrincipalKind::Admin, false))
-            .chain(file.users.iter().map(|u| (u.username.as_str(), u, PrincipalKind::User, u.revoked)));
+            .chain(
+                file.users
+                    .iter()
+                    .map(|u| (u.username.as_str(), u, PrincipalKind::User, u.revoked)),
+            );
         let servers: Vec<UserEntry> = file
             .trusted_servers
             .iter()
@@ -202,7 +206,10 @@ impl TenantDirectory {
                 }
             }
             dir.by_key.insert(key, principal.clone());
-            dir.by_name.entry(name.to_lowercase()).or_default().push(principal);
+            dir.by_name
+                .entry(name.to_lowercase())
+                .or_default()
+                .push(principal);
         }
         Ok(dir)
     }
@@ -218,9 +225,11 @@ impl Directory {
     pub fn from_file(file: &DirectoryFile) -> Result<Self, DirectoryError> {
         let mut tenants = HashMap::new();
         for (name, tenant) in &file.tenants {
-            let id = crate::wire::ids::normalize_tenant_id(name).map_err(|e| DirectoryError::Invalid {
-                tenant: name.clone(),
-                detail: e.to_string(),
+            let id = crate::wire::ids::normalize_tenant_id(name).map_err(|e| {
+                DirectoryError::Invalid {
+                    tenant: name.clone(),
+                    detail: e.to_string(),
+                }
             })?;
             tenants.insert(id, TenantDirectory::build(name, tenant)?);
         }
@@ -228,10 +237,11 @@ impl Directory {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, DirectoryError> {
-        let file: DirectoryFile = serde_yaml::from_str(text).map_err(|source| DirectoryError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let file: DirectoryFile =
+            serde_yaml::from_str(text).map_err(|source| DirectoryError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Self::from_file(&file)
     }
 
@@ -269,19 +279,19 @@ fn stamp(path: &Path) -> Option<FileStamp> {
     })
 }
 
+/// Called after each reload attempt (for logs and metrics).
+pub type ReloadHook = Box<dyn Fn(Result<(), &DirectoryError>) + Send + Sync>;
+
 /// The live directory of a node, reloaded from its file when the file changes.
 pub struct DirectoryHandle {
     path: Option<PathBuf>,
     state: RwLock<(Option<FileStamp>, Arc<Directory>)>,
-    on_reload: Box<dyn Fn(Result<(), &DirectoryError>) + Send + Sync>,
+    on_reload: ReloadHook,
 }
 
 impl DirectoryHandle {
     /// Loads `path` (must be valid at startup).
-    pub fn open(
-        path: Option<PathBuf>,
-        on_reload: Box<dyn Fn(Result<(), &DirectoryError>) + Send + Sync>,
-    ) -> Result<Self, DirectoryError> {
+    pub fn open(path: Option<PathBuf>, on_reload: ReloadHook) -> Result<Self, DirectoryError> {
         let (stamp_now, dir) = match &path {
             Some(p) => {
                 let s = stamp(p);
@@ -377,7 +387,10 @@ mod tests {
         let dir = Directory::from_file(&file).unwrap();
         let t = dir.tenant("acme").unwrap();
         let rewrapped = format!("{}\n", alice.signing_public_key.replace('\n', "\r\n"));
-        assert_eq!(t.active_by_signing_key(&rewrapped).unwrap().username, "CN=alice/O=acme");
+        assert_eq!(
+            t.active_by_signing_key(&rewrapped).unwrap().username,
+            "CN=alice/O=acme"
+        );
         assert!(t.active_by_signing_key(&bob.signing_public_key).is_none());
         assert!(t.by_signing_key(&bob.signing_public_key).unwrap().revoked);
         assert_eq!(t.by_username("cn=ALICE/o=acme").len(), 1);
@@ -398,13 +411,26 @@ mod tests {
         std::fs::write(&path, serde_yaml::to_string(&file).unwrap()).unwrap();
         let handle = DirectoryHandle::open(Some(path.clone()), Box::new(|_| {})).unwrap();
         let alice_key = vector_user("alice", "alice").signing_public_key;
-        assert!(handle.current().tenant("acme").unwrap().active_by_signing_key(&alice_key).is_some());
+        assert!(handle
+            .current()
+            .tenant("acme")
+            .unwrap()
+            .active_by_signing_key(&alice_key)
+            .is_some());
 
         file.tenants.get_mut("acme").unwrap().users[0].revoked = true;
         std::fs::write(&path, serde_yaml::to_string(&file).unwrap()).unwrap();
-        assert!(handle.current().tenant("acme").unwrap().active_by_signing_key(&alice_key).is_none());
+        assert!(handle
+            .current()
+            .tenant("acme")
+            .unwrap()
+            .active_by_signing_key(&alice_key)
+            .is_none());
 
         std::fs::write(&path, "tenants: [broken").unwrap();
-        assert!(handle.current().tenant("acme").is_some(), "last good directory stays");
+        assert!(
+            handle.current().tenant("acme").is_some(),
+            "last good directory stays"
+        );
     }
 }

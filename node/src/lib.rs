@@ -5,14 +5,14 @@
 //! implementations), [`directory`] and [`auth`] (who may do what), [`server`] (the HTTP surface),
 //! [`config`] (the one configuration type, also rendered by the operator) and [`metrics`].
 
-pub mod bloom;
-pub mod crypto;
-pub mod testdata;
-pub mod wire;
-pub mod store;
 pub mod auth;
+pub mod bloom;
 pub mod config;
+pub mod crypto;
 pub mod directory;
 pub mod metrics;
 pub mod node;
 pub mod server;
+pub mod store;
+pub mod testdata;
+pub mod wire;

@@ -10,7 +10,11 @@ use syncrelay_node::crypto::keys::Identity;
 use syncrelay_node::directory::{ServerEntry, UserEntry};
 
 #[derive(Parser)]
-#[command(name = "syncrelay-node", version, about = "A MindooDB sync-v5 node for end-to-end-encrypted relay chains")]
+#[command(
+    name = "syncrelay-node",
+    version,
+    about = "A MindooDB sync-v5 node for end-to-end-encrypted relay chains"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -60,7 +64,9 @@ enum LogFormatArg {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -69,7 +75,13 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Serve { config, listen, data, directory, log_format } => {
+        Command::Serve {
+            config,
+            listen,
+            data,
+            directory,
+            log_format,
+        } => {
             let mut cfg = match &config {
                 Some(path) => NodeConfig::load(path)?,
                 None => NodeConfig::default(),
@@ -100,8 +112,13 @@ fn main() -> anyhow::Result<()> {
         Command::Keygen { out, name, server } => {
             eprintln!("generating Ed25519 and RSA-3072 keys (RSA takes a few seconds)...");
             let identity = Identity::generate()?;
-            identity.save(&out).with_context(|| format!("writing keys to {}", out.display()))?;
-            eprintln!("private keys written to {}/signing.pem and encryption.pem", out.display());
+            identity
+                .save(&out)
+                .with_context(|| format!("writing keys to {}", out.display()))?;
+            eprintln!(
+                "private keys written to {}/signing.pem and encryption.pem",
+                out.display()
+            );
             let entry = if server {
                 serde_yaml::to_string(&vec![ServerEntry {
                     name,

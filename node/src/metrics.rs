@@ -35,40 +35,91 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
             g
         };
         let store = &["tenant", "db", "kind"];
         let latency = HistogramVec::new(
-            HistogramOpts::new("syncrelay_http_request_duration_seconds", "Request latency by endpoint")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            HistogramOpts::new(
+                "syncrelay_http_request_duration_seconds",
+                "Request latency by endpoint",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
             &["endpoint"],
         )
         .expect("valid metric");
-        registry.register(Box::new(latency.clone())).expect("unique metric");
+        registry
+            .register(Box::new(latency.clone()))
+            .expect("unique metric");
         Metrics {
-            requests: counter("syncrelay_http_requests_total", "Requests by endpoint and status", &["endpoint", "status"]),
+            requests: counter(
+                "syncrelay_http_requests_total",
+                "Requests by endpoint and status",
+                &["endpoint", "status"],
+            ),
             latency,
             verification_failures: counter(
                 "syncrelay_verification_failures_total",
                 "Pushed entries rejected on ingest, by reason",
                 &["reason"],
             ),
-            auth_failures: counter("syncrelay_auth_failures_total", "Failed challenge/authenticate/token checks", &["reason"]),
-            directory_reloads: counter("syncrelay_directory_reloads_total", "Directory file reloads", &["result"]),
-            entries_ingested: counter("syncrelay_entries_ingested_total", "Entries newly stored through pushes", &["tenant", "kind"]),
+            auth_failures: counter(
+                "syncrelay_auth_failures_total",
+                "Failed challenge/authenticate/token checks",
+                &["reason"],
+            ),
+            directory_reloads: counter(
+                "syncrelay_directory_reloads_total",
+                "Directory file reloads",
+                &["result"],
+            ),
+            entries_ingested: counter(
+                "syncrelay_entries_ingested_total",
+                "Entries newly stored through pushes",
+                &["tenant", "kind"],
+            ),
             store_entries: gauge("syncrelay_store_entries", "Entries stored", store),
-            store_bytes: gauge("syncrelay_store_payload_bytes", "Distinct payload bytes stored", store),
-            store_max_receipt_order: gauge("syncrelay_store_max_receipt_order", "Highest receiptOrder", store),
-            compaction_enabled: gauge("syncrelay_store_compaction_enabled", "1 if the store runs compaction", store),
-            compactions: gauge("syncrelay_store_compactions_total", "Compactions since start", store),
-            compacted_bytes: gauge("syncrelay_store_compacted_bytes_total", "Bytes removed by compaction", store),
-            disk_bytes: gauge("syncrelay_storage_disk_bytes", "Bytes the storage backend occupies on disk", &["backend"]),
+            store_bytes: gauge(
+                "syncrelay_store_payload_bytes",
+                "Distinct payload bytes stored",
+                store,
+            ),
+            store_max_receipt_order: gauge(
+                "syncrelay_store_max_receipt_order",
+                "Highest receiptOrder",
+                store,
+            ),
+            compaction_enabled: gauge(
+                "syncrelay_store_compaction_enabled",
+                "1 if the store runs compaction",
+                store,
+            ),
+            compactions: gauge(
+                "syncrelay_store_compactions_total",
+                "Compactions since start",
+                store,
+            ),
+            compacted_bytes: gauge(
+                "syncrelay_store_compacted_bytes_total",
+                "Bytes removed by compaction",
+                store,
+            ),
+            disk_bytes: gauge(
+                "syncrelay_storage_disk_bytes",
+                "Bytes the storage backend occupies on disk",
+                &["backend"],
+            ),
             registry,
         }
     }
@@ -79,8 +130,12 @@ impl Metrics {
             let id = store.id();
             let labels = [id.tenant_id.as_str(), id.db_id.as_str(), id.kind.as_str()];
             if let Ok(stats) = store.stats().await {
-                self.store_entries.with_label_values(&labels).set(stats.entries as i64);
-                self.store_bytes.with_label_values(&labels).set(stats.payload_bytes as i64);
+                self.store_entries
+                    .with_label_values(&labels)
+                    .set(stats.entries as i64);
+                self.store_bytes
+                    .with_label_values(&labels)
+                    .set(stats.payload_bytes as i64);
             }
             if let Ok(head) = store.get_store_head().await {
                 self.store_max_receipt_order
@@ -88,13 +143,21 @@ impl Metrics {
                     .set(head.max_receipt_order as i64);
             }
             if let Ok(c) = store.compaction_status().await {
-                self.compaction_enabled.with_label_values(&labels).set(c.enabled as i64);
-                self.compactions.with_label_values(&labels).set(c.total_compactions as i64);
-                self.compacted_bytes.with_label_values(&labels).set(c.total_compacted_bytes as i64);
+                self.compaction_enabled
+                    .with_label_values(&labels)
+                    .set(c.enabled as i64);
+                self.compactions
+                    .with_label_values(&labels)
+                    .set(c.total_compactions as i64);
+                self.compacted_bytes
+                    .with_label_values(&labels)
+                    .set(c.total_compacted_bytes as i64);
             }
         }
         if let Some(bytes) = stores.size_on_disk() {
-            self.disk_bytes.with_label_values(&["sled"]).set(bytes as i64);
+            self.disk_bytes
+                .with_label_values(&["sled"])
+                .set(bytes as i64);
         }
         let mut out = Vec::new();
         TextEncoder::new()
@@ -111,7 +174,9 @@ pub fn endpoint_label(path: &str) -> String {
         ["health"] | ["metrics"] => parts[0].to_string(),
         [".well-known", "mindoodb-server-info"] => "server-info".into(),
         [_, "auth", op @ ("challenge" | "authenticate")] => format!("auth/{op}"),
-        [_, "sync", kind @ ("docs" | "attachments"), op] if crate::server::sync::is_known_operation(op) => {
+        [_, "sync", kind @ ("docs" | "attachments"), op]
+            if crate::server::sync::is_known_operation(op) =>
+        {
             format!("sync/{kind}/{op}")
         }
         _ => "other".into(),

@@ -18,7 +18,10 @@ use crate::store::{StorageBackend, StoreRegistry};
 /// Loads the configured identity, or the one generated earlier under `dataDir/identity`, or
 /// generates and keeps a new one.
 pub fn load_identity(config: &NodeConfig) -> anyhow::Result<Identity> {
-    if let (Some(s), Some(e)) = (&config.identity.signing_key_file, &config.identity.encryption_key_file) {
+    if let (Some(s), Some(e)) = (
+        &config.identity.signing_key_file,
+        &config.identity.encryption_key_file,
+    ) {
         return Identity::load(s, e).context("loading the node identity");
     }
     let dir = config.data_dir.join("identity");
@@ -35,9 +38,14 @@ pub fn load_identity(config: &NodeConfig) -> anyhow::Result<Identity> {
 fn auth_secret(path: Option<&Path>) -> anyhow::Result<Vec<u8>> {
     match path {
         Some(p) => {
-            let secret = std::fs::read(p).with_context(|| format!("reading auth secret {}", p.display()))?;
+            let secret =
+                std::fs::read(p).with_context(|| format!("reading auth secret {}", p.display()))?;
             let trimmed = secret.trim_ascii().to_vec();
-            anyhow::ensure!(trimmed.len() >= 32, "auth secret {} must hold at least 32 bytes", p.display());
+            anyhow::ensure!(
+                trimmed.len() >= 32,
+                "auth secret {} must hold at least 32 bytes",
+                p.display()
+            );
             Ok(trimmed)
         }
         None => Ok(AuthService::random_secret()),
@@ -54,15 +62,24 @@ pub fn build_state(config: NodeConfig) -> anyhow::Result<SharedState> {
         Box::new(move |result| match result {
             Ok(()) => {
                 tracing::info!("tenant directory reloaded");
-                reload_metrics.directory_reloads.with_label_values(&["ok"]).inc();
+                reload_metrics
+                    .directory_reloads
+                    .with_label_values(&["ok"])
+                    .inc();
             }
             Err(e) => {
                 tracing::error!(error = %e, "tenant directory reload failed; keeping the previous one");
-                reload_metrics.directory_reloads.with_label_values(&["error"]).inc();
+                reload_metrics
+                    .directory_reloads
+                    .with_label_values(&["error"])
+                    .inc();
             }
         }),
     )?;
-    let auth = AuthService::new(auth_secret(config.auth.secret_file.as_deref())?, &config.auth);
+    let auth = AuthService::new(
+        auth_secret(config.auth.secret_file.as_deref())?,
+        &config.auth,
+    );
     let stores = match config.storage.kind {
         StorageKind::Memory => StoreRegistry::memory(),
         StorageKind::Sled => {
@@ -94,9 +111,14 @@ pub async fn run(
         .with_context(|| format!("binding {}", state.config.listen))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let app = server::router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app =
+        server::router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let handle = axum_server::Handle::new();
-    let scheme = if state.config.tls.is_some() { "https" } else { "http" };
+    let scheme = if state.config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     // One machine-readable line so that scripts and tests can find an ephemeral port.
     println!("listening on {scheme}://{addr}");
     tracing::info!(%addr, scheme, name = %state.config.name, "syncrelay-node listening");
@@ -109,15 +131,32 @@ pub async fn run(
     match &state.config.tls {
         Some(tls) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
-            let rustls_config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert_file, &tls.key_file)
-                .await
-                .context("loading TLS certificate and key")?;
-            tokio::spawn(watch_tls(rustls_config.clone(), tls.cert_file.clone(), tls.key_file.clone()));
-            axum_server::from_tcp_rustls(listener, rustls_config).handle(handle).serve(app).await?;
+            let rustls_config =
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert_file, &tls.key_file)
+                    .await
+                    .context("loading TLS certificate and key")?;
+            tokio::spawn(watch_tls(
+                rustls_config.clone(),
+                tls.cert_file.clone(),
+                tls.key_file.clone(),
+            ));
+            axum_server::from_tcp_rustls(listener, rustls_config)
+                .handle(handle)
+                .serve(app)
+                .await?;
         }
-        None => axum_server::from_tcp(listener).handle(handle).serve(app).await?,
+        None => {
+            axum_server::from_tcp(listener)
+                .handle(handle)
+                .serve(app)
+                .await?
+        }
     }
-    state.stores.flush_all().await.context("flushing the store on shutdown")?;
+    state
+        .stores
+        .flush_all()
+        .await
+        .context("flushing the store on shutdown")?;
     tracing::info!("store flushed; bye");
     Ok(())
 }
@@ -133,7 +172,9 @@ async fn watch_tls(config: axum_server::tls_rustls::RustlsConfig, cert: PathBuf,
         if now != last {
             match config.reload_from_pem_file(&cert, &key).await {
                 Ok(()) => tracing::info!("TLS certificate reloaded"),
-                Err(e) => tracing::error!(error = %e, "TLS certificate reload failed; keeping the previous one"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS certificate reload failed; keeping the previous one")
+                }
             }
             last = now;
         }
@@ -147,7 +188,8 @@ pub async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

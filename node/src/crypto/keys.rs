@@ -33,7 +33,8 @@ pub fn pem_lookup_key(pem: &str) -> String {
 }
 
 pub fn parse_signing_public_key(pem: &str) -> Result<VerifyingKey, CryptoError> {
-    VerifyingKey::from_public_key_pem(pem.trim()).map_err(|e| CryptoError::SigningKey(e.to_string()))
+    VerifyingKey::from_public_key_pem(pem.trim())
+        .map_err(|e| CryptoError::SigningKey(e.to_string()))
 }
 
 pub fn parse_encryption_public_key(pem: &str) -> Result<RsaPublicKey, CryptoError> {
@@ -156,7 +157,10 @@ mod tests {
                 id["encryptionPrivateKeyPkcs8"].as_str().unwrap(),
             )
             .unwrap();
-            assert_eq!(identity.signing_public_pem, id["signingPublicKey"].as_str().unwrap());
+            assert_eq!(
+                identity.signing_public_pem,
+                id["signingPublicKey"].as_str().unwrap()
+            );
             assert_eq!(
                 identity.encryption_public_pem,
                 id["encryptionPublicKey"].as_str().unwrap()
@@ -165,7 +169,8 @@ mod tests {
                 hex::encode(identity.signing.verifying_key().as_bytes()),
                 id["ed25519RawPublicKeyHex"].as_str().unwrap()
             );
-            let reparsed = parse_signing_public_key(id["signingPublicKey"].as_str().unwrap()).unwrap();
+            let reparsed =
+                parse_signing_public_key(id["signingPublicKey"].as_str().unwrap()).unwrap();
             assert_eq!(reparsed, identity.signing.verifying_key());
             parse_encryption_public_key(id["encryptionPublicKey"].as_str().unwrap()).unwrap();
         }
@@ -174,9 +179,14 @@ mod tests {
     #[test]
     fn ed25519_pem_is_one_body_line() {
         let keys = testdata::load("keys.json");
-        let pem = keys["identities"]["alice"]["signingPublicKey"].as_str().unwrap();
+        let pem = keys["identities"]["alice"]["signingPublicKey"]
+            .as_str()
+            .unwrap();
         assert_eq!(pem.lines().count(), 3);
         assert!(!pem.ends_with('\n'));
-        assert_eq!(pem_lookup_key(&format!("{pem}\n")), pem_lookup_key(&pem.replace('\n', "\r\n")));
+        assert_eq!(
+            pem_lookup_key(&format!("{pem}\n")),
+            pem_lookup_key(&pem.replace('\n', "\r\n"))
+        );
     }
 }

@@ -118,7 +118,8 @@ fn write_provenance(out: &mut Vec<u8>, p: &Value, depth: usize) -> Result<(), La
     let source = p
         .get("source")
         .ok_or_else(|| LayoutError::Provenance("source missing".into()))?;
-    let source = SignedFields::deserialize(source).map_err(|e| LayoutError::Provenance(e.to_string()))?;
+    let source =
+        SignedFields::deserialize(source).map_err(|e| LayoutError::Provenance(e.to_string()))?;
     let mut nested = Vec::new();
     write_layout(
         &mut nested,
@@ -228,7 +229,9 @@ pub fn author_signed_message(
 
 /// Parses a 64-byte signature field.
 pub fn parse_signature(bytes: &[u8]) -> Option<Signature> {
-    <[u8; 64]>::try_from(bytes).ok().map(|b| Signature::from_bytes(&b))
+    <[u8; 64]>::try_from(bytes)
+        .ok()
+        .map(|b| Signature::from_bytes(&b))
 }
 
 /// Verifies the author signature of one entry (spec §5.5) with the author's key.
@@ -238,13 +241,17 @@ pub fn verify_author_signature(
     author: &VerifyingKey,
     require_v2: bool,
 ) -> Result<(), AuthorSignatureError> {
-    let (message, sig): (std::borrow::Cow<'_, [u8]>, &[u8]) = match author_signed_message(m, require_v2)? {
-        AuthorSignedMessage::Metadata(bytes) => (
-            bytes.into(),
-            &m.metadata_signature.as_ref().expect("chosen because present").0,
-        ),
-        AuthorSignedMessage::Legacy => (encrypted_data.into(), &m.signature.0),
-    };
+    let (message, sig): (std::borrow::Cow<'_, [u8]>, &[u8]) =
+        match author_signed_message(m, require_v2)? {
+            AuthorSignedMessage::Metadata(bytes) => (
+                bytes.into(),
+                &m.metadata_signature
+                    .as_ref()
+                    .expect("chosen because present")
+                    .0,
+            ),
+            AuthorSignedMessage::Legacy => (encrypted_data.into(), &m.signature.0),
+        };
     let signature = parse_signature(sig).ok_or(AuthorSignatureError::Invalid)?;
     author
         .verify(&message, &signature)
@@ -323,7 +330,11 @@ mod tests {
             let m = meta(&case["entry"]);
             let payload = b64::decode(case["encryptedDataBase64"].as_str().unwrap()).unwrap();
             if let Some(expected) = case["metadataSigningBytesHex"].as_str() {
-                assert_eq!(hex::encode(metadata_signing_bytes(&m).unwrap()), expected, "{name}");
+                assert_eq!(
+                    hex::encode(metadata_signing_bytes(&m).unwrap()),
+                    expected,
+                    "{name}"
+                );
             }
             let author = parse_signing_public_key(&m.created_by_public_key).unwrap();
             let exp = &case["expected"];
@@ -407,10 +418,20 @@ mod tests {
                     changed[k] = v.clone();
                 }
             }
-            assert!(!verify_witness(&meta(&changed), &db_used), "{}", negative["name"]);
+            assert!(
+                !verify_witness(&meta(&changed), &db_used),
+                "{}",
+                negative["name"]
+            );
         }
-        for live in doc["liveReceiptsFromReferenceServer"]["receipts"].as_array().unwrap() {
-            assert!(verify_witness(&meta(&live["receipt"]), live["dbid"].as_str().unwrap()));
+        for live in doc["liveReceiptsFromReferenceServer"]["receipts"]
+            .as_array()
+            .unwrap()
+        {
+            assert!(verify_witness(
+                &meta(&live["receipt"]),
+                live["dbid"].as_str().unwrap()
+            ));
         }
     }
 }

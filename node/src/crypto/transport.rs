@@ -42,7 +42,9 @@ pub fn aes_decrypt(
     iv: &[u8],
     ciphertext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
-    let iv: &[u8; IV_LEN] = iv.try_into().map_err(|_| CryptoError::Envelope("IV must be 12 bytes"))?;
+    let iv: &[u8; IV_LEN] = iv
+        .try_into()
+        .map_err(|_| CryptoError::Envelope("IV must be 12 bytes"))?;
     Aes256Gcm::new(key.into())
         .decrypt(iv.into(), ciphertext)
         .map_err(|_| CryptoError::Aes)
@@ -76,7 +78,9 @@ pub fn hybrid_encrypt(reader: &RsaPublicKey, payload: &[u8]) -> Result<Vec<u8>, 
 
 pub fn hybrid_decrypt(reader: &RsaPrivateKey, envelope: &[u8]) -> Result<Vec<u8>, CryptoError> {
     if envelope.len() < 2 {
-        return Err(CryptoError::Envelope("envelope shorter than its length prefix"));
+        return Err(CryptoError::Envelope(
+            "envelope shorter than its length prefix",
+        ));
     }
     let rsa_len = u16::from_be_bytes([envelope[0], envelope[1]]) as usize;
     let rest = &envelope[2..];
@@ -87,7 +91,11 @@ pub fn hybrid_decrypt(reader: &RsaPrivateKey, envelope: &[u8]) -> Result<Vec<u8>
     let key: [u8; AES_KEY_LEN] = key
         .try_into()
         .map_err(|_| CryptoError::Envelope("wrapped key is not 32 bytes"))?;
-    aes_decrypt(&key, &rest[rsa_len..rsa_len + IV_LEN], &rest[rsa_len + IV_LEN..])
+    aes_decrypt(
+        &key,
+        &rest[rsa_len..rsa_len + IV_LEN],
+        &rest[rsa_len + IV_LEN..],
+    )
 }
 
 /// One response's session key: generated once, wrapped once to the reader's RSA key.
@@ -110,7 +118,10 @@ impl SessionKey {
     }
 
     /// Client side: unwraps the session key with the reader's private key (one RSA operation).
-    pub fn unwrap(reader: &RsaPrivateKey, wrapped: &[u8]) -> Result<[u8; AES_KEY_LEN], CryptoError> {
+    pub fn unwrap(
+        reader: &RsaPrivateKey,
+        wrapped: &[u8],
+    ) -> Result<[u8; AES_KEY_LEN], CryptoError> {
         rsa_decrypt(reader, wrapped)?
             .try_into()
             .map_err(|_| CryptoError::Envelope("session key is not 32 bytes"))
@@ -141,17 +152,31 @@ mod tests {
         for e in doc["classic"]["entries"].as_array().unwrap() {
             let env = b64::decode(e["rsaEncryptedPayloadBase64"].as_str().unwrap()).unwrap();
             let plain = hybrid_decrypt(&alice.encryption, &env).unwrap();
-            assert_eq!(b64::encode(&plain), e["decryptsToEncryptedDataBase64"].as_str().unwrap());
+            assert_eq!(
+                b64::encode(&plain),
+                e["decryptsToEncryptedDataBase64"].as_str().unwrap()
+            );
         }
         let sk = &doc["sessionKey"];
-        let wrapped = b64::decode(sk["responseBodyJson"]["wrappedSessionKey"].as_str().unwrap()).unwrap();
+        let wrapped = b64::decode(
+            sk["responseBodyJson"]["wrappedSessionKey"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
         let key = SessionKey::unwrap(&alice.encryption, &wrapped).unwrap();
-        assert_eq!(hex::encode(key), sk["intermediateSessionKeyHex"].as_str().unwrap());
+        assert_eq!(
+            hex::encode(key),
+            sk["intermediateSessionKeyHex"].as_str().unwrap()
+        );
         for e in sk["entries"].as_array().unwrap() {
             let iv = b64::decode(e["ivBase64"].as_str().unwrap()).unwrap();
             let ct = b64::decode(e["sessionEncryptedPayloadBase64"].as_str().unwrap()).unwrap();
             let plain = aes_decrypt(&key, &iv, &ct).unwrap();
-            assert_eq!(b64::encode(&plain), e["decryptsToEncryptedDataBase64"].as_str().unwrap());
+            assert_eq!(
+                b64::encode(&plain),
+                e["decryptsToEncryptedDataBase64"].as_str().unwrap()
+            );
         }
         let bin = &doc["getEntriesBinary"];
         let body = b64::decode(bin["responseBodyBase64"].as_str().unwrap()).unwrap();
@@ -159,10 +184,15 @@ mod tests {
         let header: crate::wire::BinaryGetHeader = serde_json::from_slice(framed.header).unwrap();
         assert_eq!(header.format, "mdb-entries-v2");
         let key = SessionKey::unwrap(&alice.encryption, &header.wrapped_session_key.0).unwrap();
-        for ((meta, payload), expected) in framed.frames.iter().zip(bin["frames"].as_array().unwrap()) {
+        for ((meta, payload), expected) in
+            framed.frames.iter().zip(bin["frames"].as_array().unwrap())
+        {
             let meta: crate::wire::BinaryFrameMeta = serde_json::from_slice(meta).unwrap();
             let plain = aes_decrypt(&key, &meta.iv.0, payload).unwrap();
-            assert_eq!(b64::encode(&plain), expected["decryptsToEncryptedDataBase64"].as_str().unwrap());
+            assert_eq!(
+                b64::encode(&plain),
+                expected["decryptsToEncryptedDataBase64"].as_str().unwrap()
+            );
         }
         // Wrapped for bob: alice's key must not open it.
         let other = &doc["sessionKeyForOtherReader"]["responseBodyJson"]["wrappedSessionKey"];

@@ -29,13 +29,19 @@ fn limited(decision: super::limits::RateDecision) -> Result<(), ApiError> {
 
 fn check_username(name: &str) -> Result<(), ApiError> {
     if name.is_empty() {
-        return Err(ApiError::BadRequest("username is required and must be a non-empty string".into()));
+        return Err(ApiError::BadRequest(
+            "username is required and must be a non-empty string".into(),
+        ));
     }
     if name.chars().count() > 256 {
-        return Err(ApiError::BadRequest("username must be at most 256 characters".into()));
+        return Err(ApiError::BadRequest(
+            "username must be at most 256 characters".into(),
+        ));
     }
     if name.chars().any(char::is_control) {
-        return Err(ApiError::BadRequest("username must not contain control characters".into()));
+        return Err(ApiError::BadRequest(
+            "username must not contain control characters".into(),
+        ));
     }
     Ok(())
 }
@@ -52,8 +58,14 @@ pub async fn challenge(
     if let Some(name) = &request.username {
         check_username(name)?;
     }
-    if request.signing_public_key.as_ref().is_some_and(|k| k.len() > MAX_FIELD) {
-        return Err(ApiError::BadRequest(format!("signingPublicKey must be at most {MAX_FIELD} characters")));
+    if request
+        .signing_public_key
+        .as_ref()
+        .is_some_and(|k| k.len() > MAX_FIELD)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "signingPublicKey must be at most {MAX_FIELD} characters"
+        )));
     }
     let who = request
         .username
@@ -61,7 +73,12 @@ pub async fn challenge(
         .map(str::to_lowercase)
         .or_else(|| request.signing_public_key.clone())
         .unwrap_or_else(|| "-".into());
-    limited(state.limits.challenge.check(&format!("{tenant}:challenge:{ip}:{who}")))?;
+    limited(
+        state
+            .limits
+            .challenge
+            .check(&format!("{tenant}:challenge:{ip}:{who}")),
+    )?;
     let issued = state.auth.issue_challenge(
         &tenant,
         tenant_dir(&directory, &tenant),
@@ -72,7 +89,11 @@ pub async fn challenge(
     match issued {
         Ok(challenge) => Ok(Json(ChallengeResponse { challenge }).into_response()),
         Err(e) => {
-            state.metrics.auth_failures.with_label_values(&["challenge"]).inc();
+            state
+                .metrics
+                .auth_failures
+                .with_label_values(&["challenge"])
+                .inc();
             Err(match e {
                 ChallengeError::Revoked(_) => ApiError::Forbidden(e.to_string()),
                 other => ApiError::NotFound(other.to_string()),
@@ -91,17 +112,26 @@ pub async fn authenticate(
     let (tenant, directory) = resolve_tenant(&state, &tenant)?;
     let request: AuthenticateRequest = parse_json(&body)?;
     let (Some(challenge), Some(signature)) = (request.challenge, request.signature) else {
-        return Err(ApiError::BadRequest("challenge and signature are required".into()));
+        return Err(ApiError::BadRequest(
+            "challenge and signature are required".into(),
+        ));
     };
     if challenge.is_empty() || signature.is_empty() {
-        return Err(ApiError::BadRequest("challenge and signature are required".into()));
+        return Err(ApiError::BadRequest(
+            "challenge and signature are required".into(),
+        ));
     }
     if challenge.len() > MAX_FIELD || signature.len() > MAX_FIELD {
         return Err(ApiError::BadRequest(format!(
             "challenge and signature must be at most {MAX_FIELD} characters"
         )));
     }
-    limited(state.limits.authenticate.check(&format!("{tenant}:authenticate:{ip}")))?;
+    limited(
+        state
+            .limits
+            .authenticate
+            .check(&format!("{tenant}:authenticate:{ip}")),
+    )?;
     let result = state.auth.authenticate(
         &tenant,
         tenant_dir(&directory, &tenant),
@@ -117,7 +147,11 @@ pub async fn authenticate(
         })
         .into_response(),
         Err(e) => {
-            state.metrics.auth_failures.with_label_values(&["authenticate"]).inc();
+            state
+                .metrics
+                .auth_failures
+                .with_label_values(&["authenticate"])
+                .inc();
             let status = match e {
                 AuthenticateError::Busy => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::UNAUTHORIZED,

@@ -71,11 +71,13 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let mut response = (self.status(), Json(ErrorBody { error: message })).into_response();
-        if let ApiError::TooManyRequests { retry_after_secs, .. } = self {
-            response.headers_mut().insert(
-                "retry-after",
-                HeaderValue::from(retry_after_secs.max(1)),
-            );
+        if let ApiError::TooManyRequests {
+            retry_after_secs, ..
+        } = self
+        {
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from(retry_after_secs.max(1)));
         }
         response
     }

@@ -46,19 +46,29 @@ pub async fn events(
                     epoch: c.head.epoch,
                     max_receipt_order: c.head.max_receipt_order,
                 };
-                Some(Event::default().event("change").data(serde_json::to_string(&data).expect("serialises")))
+                Some(
+                    Event::default()
+                        .event("change")
+                        .data(serde_json::to_string(&data).expect("serialises")),
+                )
             }
             _ => None,
         };
         std::future::ready(event)
     });
-    let heartbeat = IntervalStream::new(tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT))
-        .map(|_| Event::default().comment(format!("heartbeat {}", now_ms())));
+    let heartbeat = IntervalStream::new(tokio::time::interval_at(
+        tokio::time::Instant::now() + HEARTBEAT,
+        HEARTBEAT,
+    ))
+    .map(|_| Event::default().comment(format!("heartbeat {}", now_ms())));
     let stream = stream::once(std::future::ready(hello))
         .chain(stream::select(changes, heartbeat))
         .map(Ok::<_, Infallible>);
     Ok((
-        [("cache-control", "no-cache, no-transform"), ("x-accel-buffering", "no")],
+        [
+            ("cache-control", "no-cache, no-transform"),
+            ("x-accel-buffering", "no"),
+        ],
         Sse::new(stream),
     )
         .into_response())

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 
-use crate::crypto::signing::{self, AuthorSignedMessage, AuthorSignatureError};
+use crate::crypto::signing::{self, AuthorSignatureError, AuthorSignedMessage};
 use crate::directory::TenantDirectory;
 use crate::wire::{content_hash, Entry, EntryMetadata, Rejection};
 
@@ -68,13 +68,17 @@ pub struct IngestPlan {
 }
 
 enum Slot {
-    Existing(EntryMetadata),
+    Existing(Box<EntryMetadata>),
     New(usize),
     Rejected(String, RejectReason),
 }
 
 /// Validates a batch. `existing` holds the stored metadata of ids the store already has.
-pub fn plan(input: &IngestInput<'_>, entries: Vec<Entry>, existing: &HashMap<String, EntryMetadata>) -> IngestPlan {
+pub fn plan(
+    input: &IngestInput<'_>,
+    entries: Vec<Entry>,
+    existing: &HashMap<String, EntryMetadata>,
+) -> IngestPlan {
     let mut out = IngestPlan::default();
     let require_v2 = input.directory.requires_v2(input.now_ms);
     let mut slots = Vec::with_capacity(entries.len());
@@ -82,7 +86,7 @@ pub fn plan(input: &IngestInput<'_>, entries: Vec<Entry>, existing: &HashMap<Str
     for entry in entries {
         let id = entry.metadata.id.clone();
         if let Some(stored) = existing.get(&id) {
-            slots.push(Slot::Existing(stored.clone()));
+            slots.push(Slot::Existing(Box::new(stored.clone())));
             continue;
         }
         let check = || -> Result<(VerifyingKey, AuthorSignedMessage), RejectReason> {
@@ -96,10 +100,12 @@ pub fn plan(input: &IngestInput<'_>, entries: Vec<Entry>, existing: &HashMap<Str
             if entry.metadata.encrypted_size != entry.encrypted_data.len() as u64 {
                 return Err(RejectReason::SizeMismatch);
             }
-            let message = signing::author_signed_message(&entry.metadata, require_v2).map_err(|e| match e {
-                AuthorSignatureError::V2Required => RejectReason::V2Required,
-                _ => RejectReason::InvalidSignature,
-            })?;
+            let message = signing::author_signed_message(&entry.metadata, require_v2).map_err(
+                |e| match e {
+                    AuthorSignatureError::V2Required => RejectReason::V2Required,
+                    _ => RejectReason::InvalidSignature,
+                },
+            )?;
             Ok((author.signing_key, message))
         };
         match check() {
@@ -111,10 +117,11 @@ pub fn plan(input: &IngestInput<'_>, entries: Vec<Entry>, existing: &HashMap<Str
         }
     }
     let verdicts = verify_signatures(&candidates);
-    let mut new_entries: Vec<Option<Entry>> = candidates.into_iter().map(|(e, _, _)| Some(e)).collect();
+    let mut new_entries: Vec<Option<Entry>> =
+        candidates.into_iter().map(|(e, _, _)| Some(e)).collect();
     for slot in slots {
         match slot {
-            Slot::Existing(stored) => out.receipts.push(stored),
+            Slot::Existing(stored) => out.receipts.push(*stored),
             Slot::Rejected(id, reason) => out.reject(id, reason),
             Slot::New(i) => {
                 let mut entry = new_entries[i].take().expect("each candidate has one slot");
@@ -123,8 +130,16 @@ pub fn plan(input: &IngestInput<'_>, entries: Vec<Entry>, existing: &HashMap<Str
                     continue;
                 }
                 if let Some(w) = &input.witness {
-                    if entry.metadata.entry_version.is_some() && entry.metadata.created_by_public_key != w.pem {
-                        signing::stamp_witness(&mut entry.metadata, input.db_id, input.now_ms, w.key, w.pem);
+                    if entry.metadata.entry_version.is_some()
+                        && entry.metadata.created_by_public_key != w.pem
+                    {
+                        signing::stamp_witness(
+                            &mut entry.metadata,
+                            input.db_id,
+                            input.now_ms,
+                            w.key,
+                            w.pem,
+                        );
                     }
                 }
                 out.receipts.push(entry.metadata.clone());
@@ -137,7 +152,10 @@ pub fn plan(input: &IngestInput<'_>, entries: Vec<Entry>, existing: &HashMap<Str
 
 impl IngestPlan {
     fn reject(&mut self, id: String, reason: RejectReason) {
-        self.rejected.push(Rejection { reason: reason.text(&id), id });
+        self.rejected.push(Rejection {
+            reason: reason.text(&id),
+            id,
+        });
         self.reasons.push(reason);
     }
 }
@@ -153,7 +171,12 @@ fn verify_signatures(candidates: &[(Entry, VerifyingKey, AuthorSignedMessage)]) 
         let (msg, sig): (&[u8], &[u8]) = match message {
             AuthorSignedMessage::Metadata(bytes) => (
                 bytes,
-                &entry.metadata.metadata_signature.as_ref().expect("chosen because present").0,
+                &entry
+                    .metadata
+                    .metadata_signature
+                    .as_ref()
+                    .expect("chosen because present")
+                    .0,
             ),
             AuthorSignedMessage::Legacy => (&entry.encrypted_data, &entry.metadata.signature.0),
         };
@@ -166,7 +189,9 @@ fn verify_signatures(candidates: &[(Entry, VerifyingKey, AuthorSignedMessage)]) 
             None => parsed_ok[i] = false,
         }
     }
-    if parsed_ok.iter().all(|ok| *ok) && ed25519_dalek::verify_batch(&messages, &sigs, &keys).is_ok() {
+    if parsed_ok.iter().all(|ok| *ok)
+        && ed25519_dalek::verify_batch(&messages, &sigs, &keys).is_ok()
+    {
         return vec![true; candidates.len()];
     }
     let mut next = 0;

@@ -20,7 +20,10 @@ pub struct RateDecision {
 impl RateDecision {
     pub fn write_headers(&self, headers: &mut HeaderMap) {
         let policy = format!("{};w={}", self.limit, self.window_secs);
-        headers.insert("ratelimit-policy", HeaderValue::from_str(&policy).expect("ascii"));
+        headers.insert(
+            "ratelimit-policy",
+            HeaderValue::from_str(&policy).expect("ascii"),
+        );
         headers.insert("ratelimit-limit", HeaderValue::from(self.limit));
         headers.insert("ratelimit-remaining", HeaderValue::from(self.remaining));
         headers.insert("ratelimit-reset", HeaderValue::from(self.reset_secs));

@@ -110,13 +110,21 @@ pub fn router(state: SharedState) -> Router {
         .route("/metrics", get(metrics))
         .route("/.well-known/mindoodb-server-info", get(server_info))
         .route("/{tenant}/auth/challenge", post(auth_routes::challenge))
-        .route("/{tenant}/auth/authenticate", post(auth_routes::authenticate))
-        .route("/{tenant}/sync/{kind}/capabilities", get(sync::capabilities))
+        .route(
+            "/{tenant}/auth/authenticate",
+            post(auth_routes::authenticate),
+        )
+        .route(
+            "/{tenant}/sync/{kind}/capabilities",
+            get(sync::capabilities),
+        )
         .route("/{tenant}/sync/{kind}/getAllIds", get(sync::get_all_ids))
         .route("/{tenant}/sync/{kind}/events", get(events::events))
         .route("/{tenant}/sync/{kind}/{op}", post(sync::dispatch))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(state.config.limits.max_body_bytes as usize))
+        .layer(DefaultBodyLimit::max(
+            state.config.limits.max_body_bytes as usize,
+        ))
         .layer(compression)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -145,7 +153,11 @@ async fn observe(State(state): State<SharedState>, mut request: Request, next: N
         r
     };
     let status = response.status().as_u16().to_string();
-    state.metrics.requests.with_label_values(&[&endpoint, &status]).inc();
+    state
+        .metrics
+        .requests
+        .with_label_values(&[&endpoint, &status])
+        .inc();
     state
         .metrics
         .latency

@@ -58,7 +58,8 @@ pub struct SyncCtx {
 
 impl SyncCtx {
     pub fn store(&self, db_id: &str) -> Result<SharedStore, ApiError> {
-        let id = StoreId::new(&self.tenant, db_id, self.kind).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let id = StoreId::new(&self.tenant, db_id, self.kind)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         Ok(self.state.stores.open(&id)?)
     }
 }
@@ -76,7 +77,11 @@ pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError
 
 /// Parses a JSON body; an empty body counts as `{}` (like Express).
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
     serde_json::from_slice(body).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             ApiError::BadRequest("Invalid JSON body".into())
@@ -94,7 +99,9 @@ fn db_id(raw: Option<&str>) -> Result<String, ApiError> {
 
 fn check_len(name: &str, len: usize, max: usize) -> Result<(), ApiError> {
     if len > max {
-        return Err(ApiError::BadRequest(format!("{name} must be an array with at most {max} items")));
+        return Err(ApiError::BadRequest(format!(
+            "{name} must be an array with at most {max} items"
+        )));
     }
     Ok(())
 }
@@ -117,14 +124,18 @@ pub fn authorize(
         .ok_or_else(|| ApiError::NotFound(format!("Cannot POST /{tenant_raw}/sync/{kind_raw}")))?;
     let (tenant, directory) = resolve_tenant(state, tenant_raw)?;
     let token = bearer(headers).ok_or(ApiError::Unauthorized(MISSING_AUTH))?;
-    let principal = state
-        .auth
-        .validate_token(&tenant, tenant_dir(&directory, &tenant), token, now_ms());
+    let principal =
+        state
+            .auth
+            .validate_token(&tenant, tenant_dir(&directory, &tenant), token, now_ms());
     let who = principal
         .as_ref()
         .map(|p| p.signing_pem.as_str())
         .unwrap_or("anonymous");
-    let decision = state.limits.sync.check(&format!("sync:{tenant}:{who}:{ip}"));
+    let decision = state
+        .limits
+        .sync
+        .check(&format!("sync:{tenant}:{who}:{ip}"));
     if !decision.allowed {
         return Err(ApiError::TooManyRequests {
             message: "Too many sync requests, please try again later",
@@ -149,9 +160,17 @@ pub struct SyncCtxPending {
 }
 
 impl SyncCtxPending {
-    pub fn finish(self, state: &SharedState, directory: Arc<Directory>) -> Result<SyncCtx, ApiError> {
+    pub fn finish(
+        self,
+        state: &SharedState,
+        directory: Arc<Directory>,
+    ) -> Result<SyncCtx, ApiError> {
         let principal = self.principal.ok_or_else(|| {
-            state.metrics.auth_failures.with_label_values(&["token"]).inc();
+            state
+                .metrics
+                .auth_failures
+                .with_label_values(&["token"])
+                .inc();
             ApiError::Unauthorized(INVALID_TOKEN)
         })?;
         Ok(SyncCtx {
@@ -220,7 +239,9 @@ pub async fn dispatch(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     if !POST_OPERATIONS.contains(&op.as_str()) || StoreKind::parse(&kind).is_none() {
-        return Err(ApiError::NotFound(format!("Cannot POST /{tenant}/sync/{kind}/{op}")));
+        return Err(ApiError::NotFound(format!(
+            "Cannot POST /{tenant}/sync/{kind}/{op}"
+        )));
     }
     let body = body_bytes(body)?;
     let (pending, directory) = authorize(&state, &tenant, &kind, &headers, ip)?;
@@ -237,17 +258,23 @@ pub async fn dispatch(
         "getStoreHead" => {
             let r: DbRequest = parse_json(&body)?;
             let (ctx, db) = ctx!(r.db_id.as_deref());
-            Ok(json(&StoreHeadResponse { head: ctx.store(&db)?.get_store_head().await? }))
+            Ok(json(&StoreHeadResponse {
+                head: ctx.store(&db)?.get_store_head().await?,
+            }))
         }
         "getIdBloomSummary" => {
             let r: DbRequest = parse_json(&body)?;
             let (ctx, db) = ctx!(r.db_id.as_deref());
-            Ok(json(&BloomResponse { summary: ctx.store(&db)?.get_id_bloom_summary().await? }))
+            Ok(json(&BloomResponse {
+                summary: ctx.store(&db)?.get_id_bloom_summary().await?,
+            }))
         }
         "getCompactionStatus" => {
             let r: DbRequest = parse_json(&body)?;
             let (ctx, db) = ctx!(r.db_id.as_deref());
-            Ok(json(&CompactionResponse { status: ctx.store(&db)?.compaction_status().await? }))
+            Ok(json(&CompactionResponse {
+                status: ctx.store(&db)?.compaction_status().await?,
+            }))
         }
         "scanEntriesSince" => {
             let r: ScanRequest = parse_json(&body)?;
@@ -263,26 +290,40 @@ pub async fn dispatch(
             let r: IdsRequest = parse_json(&body)?;
             let (ctx, db) = ctx!(r.db_id.as_deref());
             check_len("ids", r.ids.len(), MAX_IDS_PER_REQUEST)?;
-            Ok(json(&IdsResponse { ids: ctx.store(&db)?.has_entries(&r.ids).await? }))
+            Ok(json(&IdsResponse {
+                ids: ctx.store(&db)?.has_entries(&r.ids).await?,
+            }))
         }
         "getEntryMetadata" => {
             let r: MetadataRequest = parse_json(&body)?;
             let (ctx, db) = ctx!(r.db_id.as_deref());
-            let id = r.id.filter(|i| !i.is_empty()).ok_or_else(|| ApiError::BadRequest("id is required".into()))?;
-            Ok(json(&MetadataResponse { entry: ctx.store(&db)?.get_entry_metadata(&id).await? }))
+            let id =
+                r.id.filter(|i| !i.is_empty())
+                    .ok_or_else(|| ApiError::BadRequest("id is required".into()))?;
+            Ok(json(&MetadataResponse {
+                entry: ctx.store(&db)?.get_entry_metadata(&id).await?,
+            }))
         }
         "findNewEntries" => {
             let r: FindNewEntriesRequest = parse_json(&body)?;
             let (ctx, db) = ctx!(r.db_id.as_deref());
             check_len("haveIds", r.have_ids.len(), MAX_IDS_PER_REQUEST)?;
-            Ok(json(&EntriesResponse { entries: ctx.store(&db)?.find_new_entries(&r.have_ids).await? }))
+            Ok(json(&EntriesResponse {
+                entries: ctx.store(&db)?.find_new_entries(&r.have_ids).await?,
+            }))
         }
         "findNewEntriesForDoc" => {
             let r: FindNewEntriesRequest = parse_json(&body)?;
             let (ctx, db) = ctx!(r.db_id.as_deref());
             check_len("haveIds", r.have_ids.len(), MAX_IDS_PER_REQUEST)?;
-            let doc = r.doc_id.filter(|d| !d.is_empty()).ok_or_else(|| ApiError::BadRequest("docId is required".into()))?;
-            let entries = ctx.store(&db)?.find_new_entries_for_doc(&r.have_ids, &doc).await?;
+            let doc = r
+                .doc_id
+                .filter(|d| !d.is_empty())
+                .ok_or_else(|| ApiError::BadRequest("docId is required".into()))?;
+            let entries = ctx
+                .store(&db)?
+                .find_new_entries_for_doc(&r.have_ids, &doc)
+                .await?;
             Ok(json(&EntriesResponse { entries }))
         }
         "findEntries" => {
@@ -298,8 +339,14 @@ pub async fn dispatch(
         "resolveDependencies" => {
             let r: ResolveRequest = parse_json(&body)?;
             let (ctx, db) = ctx!(r.db_id.as_deref());
-            let start = r.start_id.filter(|s| !s.is_empty()).ok_or_else(|| ApiError::BadRequest("startId is required".into()))?;
-            let ids = ctx.store(&db)?.resolve_dependencies(&start, &r.options.unwrap_or_default()).await?;
+            let start = r
+                .start_id
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| ApiError::BadRequest("startId is required".into()))?;
+            let ids = ctx
+                .store(&db)?
+                .resolve_dependencies(&start, &r.options.unwrap_or_default())
+                .await?;
             Ok(json(&IdsResponse { ids }))
         }
         "getEntries" | "getEntriesBinary" => {
@@ -332,14 +379,21 @@ pub async fn dispatch(
 }
 
 /// Transport encryption to the authenticated device's RSA key (spec §2.7, §4.9, §4.10).
-fn wrap_entries(reader: &Principal, entries: Vec<Entry>, session: bool, binary: bool) -> Result<Response, ApiError> {
+fn wrap_entries(
+    reader: &Principal,
+    entries: Vec<Entry>,
+    session: bool,
+    binary: bool,
+) -> Result<Response, ApiError> {
     let key = &reader.encryption_key;
     if !session {
         let entries = entries
             .into_iter()
             .map(|e| {
                 Ok(RsaWrappedEntry {
-                    rsa_encrypted_payload: b64::B64(hybrid_encrypt(key, &e.encrypted_data).map_err(ApiError::internal)?),
+                    rsa_encrypted_payload: b64::B64(
+                        hybrid_encrypt(key, &e.encrypted_data).map_err(ApiError::internal)?,
+                    ),
                     metadata: e.metadata,
                 })
             })
@@ -357,11 +411,18 @@ fn wrap_entries(reader: &Principal, entries: Vec<Entry>, session: bool, binary: 
         let mut writer = framing::FrameWriter::new(&header, size);
         for e in entries {
             let (iv, sealed) = session_key.seal(&e.encrypted_data);
-            let meta = serde_json::to_vec(&BinaryFrameMeta { metadata: e.metadata, iv: b64::B64(iv.to_vec()) })
-                .expect("metadata serialises");
+            let meta = serde_json::to_vec(&BinaryFrameMeta {
+                metadata: e.metadata,
+                iv: b64::B64(iv.to_vec()),
+            })
+            .expect("metadata serialises");
             writer.push(&meta, &sealed);
         }
-        return Ok(([(header::CONTENT_TYPE, "application/octet-stream")], writer.finish()).into_response());
+        return Ok((
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            writer.finish(),
+        )
+            .into_response());
     }
     let entries = entries
         .into_iter()
@@ -374,12 +435,19 @@ fn wrap_entries(reader: &Principal, entries: Vec<Entry>, session: bool, binary: 
             }
         })
         .collect();
-    Ok(json(&SessionEntriesResponse { wrapped_session_key: b64::B64(session_key.wrapped), entries }))
+    Ok(json(&SessionEntriesResponse {
+        wrapped_session_key: b64::B64(session_key.wrapped),
+        entries,
+    }))
 }
 
 /// The push pipeline: existing ids acknowledged with the stored record, new ones verified, stamped
 /// and stored durably, rejections reported per entry.
-pub async fn put_entries(ctx: &SyncCtx, db: &str, entries: Vec<Entry>) -> Result<PutEntriesResponse, ApiError> {
+pub async fn put_entries(
+    ctx: &SyncCtx,
+    db: &str,
+    entries: Vec<Entry>,
+) -> Result<PutEntriesResponse, ApiError> {
     let store = ctx.store(db)?;
     let ids: Vec<String> = entries.iter().map(|e| e.metadata.id.clone()).collect();
     let mut existing = HashMap::new();
@@ -407,7 +475,11 @@ pub async fn put_entries(ctx: &SyncCtx, db: &str, entries: Vec<Entry>) -> Result
     .await
     .map_err(ApiError::internal)?;
     for reason in &plan.reasons {
-        ctx.state.metrics.verification_failures.with_label_values(&[reason.label()]).inc();
+        ctx.state
+            .metrics
+            .verification_failures
+            .with_label_values(&[reason.label()])
+            .inc();
     }
     if !plan.accepted.is_empty() {
         let summary = store.put_entries(plan.accepted).await?;
@@ -417,7 +489,11 @@ pub async fn put_entries(ctx: &SyncCtx, db: &str, entries: Vec<Entry>) -> Result
             .with_label_values(&[&ctx.tenant, ctx.kind.as_str()])
             .inc_by(summary.inserted.len() as u64);
     }
-    Ok(PutEntriesResponse { success: true, receipts: plan.receipts, rejected: plan.rejected })
+    Ok(PutEntriesResponse {
+        success: true,
+        receipts: plan.receipts,
+        rejected: plan.rejected,
+    })
 }
 
 async fn put_entries_binary(
@@ -430,15 +506,25 @@ async fn put_entries_binary(
     let is_binary = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/octet-stream"));
+        .is_some_and(|v| {
+            v.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/octet-stream")
+        });
     if !is_binary {
-        return Err(ApiError::BadRequest("putEntriesBinary requires a application/octet-stream body".into()));
+        return Err(ApiError::BadRequest(
+            "putEntriesBinary requires a application/octet-stream body".into(),
+        ));
     }
-    let framed = framing::decode(body).map_err(|e| ApiError::BadRequest(format!("Malformed binary entry body: {e}")))?;
+    let framed = framing::decode(body)
+        .map_err(|e| ApiError::BadRequest(format!("Malformed binary entry body: {e}")))?;
     let header: BinaryPutHeader = serde_json::from_slice(framed.header)
         .map_err(|e| ApiError::BadRequest(format!("Malformed binary entry header: {e}")))?;
     if header.format != BINARY_PUT_FORMAT {
-        return Err(ApiError::BadRequest(format!("Unsupported binary entry format: {}", header.format)));
+        return Err(ApiError::BadRequest(format!(
+            "Unsupported binary entry format: {}",
+            header.format
+        )));
     }
     let db = db_id(header.db_id.as_deref())?;
     let ctx = pending.finish(state, directory)?;
@@ -448,11 +534,14 @@ async fn put_entries_binary(
         .iter()
         .enumerate()
         .map(|(i, (meta, payload))| {
-            let metadata: EntryMetadata = serde_json::from_slice(meta)
-                .map_err(|e| ApiError::BadRequest(format!("Malformed metadata in frame {i}: {e}")))?;
-            Ok(Entry { metadata, encrypted_data: payload.to_vec() })
+            let metadata: EntryMetadata = serde_json::from_slice(meta).map_err(|e| {
+                ApiError::BadRequest(format!("Malformed metadata in frame {i}: {e}"))
+            })?;
+            Ok(Entry {
+                metadata,
+                encrypted_data: payload.to_vec(),
+            })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     Ok(json(&put_entries(&ctx, &db, entries).await?))
 }
-

@@ -57,11 +57,18 @@ async fn contract(store: &dyn ContentAddressedStore) {
     assert_eq!(changes.recv().await.unwrap().head.max_receipt_order, 3);
 
     // Idempotent: a second push changes nothing and does not notify.
-    let again = store.put_entries(vec![entry("a", "d1", &[], "doc_change", b"x")]).await.unwrap();
+    let again = store
+        .put_entries(vec![entry("a", "d1", &[], "doc_change", b"x")])
+        .await
+        .unwrap();
     assert!(again.inserted.is_empty());
     assert_eq!(again.head.max_receipt_order, 3);
     let stored = store.get_entry_metadata("a").await.unwrap().unwrap();
-    assert_eq!(stored.receipt_order, Some(2), "local receiptOrder replaces the incoming one");
+    assert_eq!(
+        stored.receipt_order,
+        Some(2),
+        "local receiptOrder replaces the incoming one"
+    );
     assert_eq!(stored.dependency_ids, vec!["b"], "first writer wins");
 
     // Payload dedup: two entries share "same".
@@ -69,17 +76,34 @@ async fn contract(store: &dyn ContentAddressedStore) {
     assert_eq!(stats.entries, 3);
     assert_eq!(stats.payload_bytes, 4 + 5);
 
-    let got = store.get_entries(&["c".into(), "zz".into(), "b".into()]).await.unwrap();
-    assert_eq!(got.iter().map(|e| e.metadata.id.as_str()).collect::<Vec<_>>(), vec!["c", "b"]);
+    let got = store
+        .get_entries(&["c".into(), "zz".into(), "b".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter()
+            .map(|e| e.metadata.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["c", "b"]
+    );
     assert_eq!(got[0].encrypted_data, b"other");
     assert_eq!(
-        store.has_entries(&["zz".into(), "c".into(), "a".into()]).await.unwrap(),
+        store
+            .has_entries(&["zz".into(), "c".into(), "a".into()])
+            .await
+            .unwrap(),
         vec!["c", "a"]
     );
 
     // Cursor scans, exclusive, paged, filtered.
-    let p1 = store.scan_entries_since(None, 2, &ScanFilters::default()).await.unwrap();
-    assert_eq!(p1.entries.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), vec!["b", "a"]);
+    let p1 = store
+        .scan_entries_since(None, 2, &ScanFilters::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        p1.entries.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        vec!["b", "a"]
+    );
     assert!(p1.has_more);
     let p2 = store
         .scan_entries_since(p1.next_cursor.as_ref(), 2, &ScanFilters::default())
@@ -92,7 +116,10 @@ async fn contract(store: &dyn ContentAddressedStore) {
         .await
         .unwrap();
     assert!(p3.entries.is_empty());
-    assert_eq!(p3.next_cursor, p2.next_cursor, "empty page echoes the cursor");
+    assert_eq!(
+        p3.next_cursor, p2.next_cursor,
+        "empty page echoes the cursor"
+    );
     let filtered = store
         .scan_entries_since(
             None,
@@ -110,25 +137,51 @@ async fn contract(store: &dyn ContentAddressedStore) {
 
     assert_eq!(store.get_all_ids().await.unwrap(), vec!["b", "a", "c"]);
     assert_eq!(
-        store.find_new_entries(&["a".into()]).await.unwrap().iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        store
+            .find_new_entries(&["a".into()])
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.id.clone())
+            .collect::<Vec<_>>(),
         vec!["b", "c"]
     );
     assert_eq!(
-        store.find_new_entries_for_doc(&["b".into()], "d1").await.unwrap().len(),
+        store
+            .find_new_entries_for_doc(&["b".into()], "d1")
+            .await
+            .unwrap()
+            .len(),
         1
     );
-    assert_eq!(store.find_entries("doc_create", None, None).await.unwrap().len(), 2);
+    assert_eq!(
+        store
+            .find_entries("doc_create", None, None)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
     let bloom = store.get_id_bloom_summary().await.unwrap();
     assert_eq!(bloom, crate::bloom::build(["b", "a", "c"].into_iter()));
     assert_eq!(
-        store.resolve_dependencies("a", &Default::default()).await.unwrap(),
+        store
+            .resolve_dependencies("a", &Default::default())
+            .await
+            .unwrap(),
         vec!["b", "a"]
     );
     let without_start = ResolveOptions {
         include_start: Some(false),
         ..Default::default()
     };
-    assert_eq!(store.resolve_dependencies("a", &without_start).await.unwrap(), vec!["b"]);
+    assert_eq!(
+        store
+            .resolve_dependencies("a", &without_start)
+            .await
+            .unwrap(),
+        vec!["b"]
+    );
 }
 
 #[tokio::test]
@@ -153,8 +206,14 @@ async fn sled_store_meets_the_contract_and_persists() {
     assert_eq!(head.epoch, epoch, "epoch persists");
     assert_eq!(head.max_receipt_order, 3);
     assert_eq!(store.get_all_ids().await.unwrap(), vec!["b", "a", "c"]);
-    let next = store.put_entries(vec![entry("d", "d3", &[], "doc_create", b"n")]).await.unwrap();
-    assert_eq!(next.head.max_receipt_order, 4, "numbering continues after reopen");
+    let next = store
+        .put_entries(vec![entry("d", "d3", &[], "doc_create", b"n")])
+        .await
+        .unwrap();
+    assert_eq!(
+        next.head.max_receipt_order, 4,
+        "numbering continues after reopen"
+    );
 }
 
 #[tokio::test]

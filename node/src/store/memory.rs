@@ -186,7 +186,10 @@ impl ContentAddressedStore for MemoryStore {
         Ok(self.read().order.iter().map(|(_, id)| id.clone()).collect())
     }
 
-    async fn find_new_entries(&self, have_ids: &[String]) -> Result<Vec<EntryMetadata>, StoreError> {
+    async fn find_new_entries(
+        &self,
+        have_ids: &[String],
+    ) -> Result<Vec<EntryMetadata>, StoreError> {
         let have: HashSet<&str> = have_ids.iter().map(String::as_str).collect();
         let inner = self.read();
         Ok(inner

@@ -106,9 +106,15 @@ pub trait ContentAddressedStore: Send + Sync {
     async fn flush(&self) -> Result<(), StoreError>;
 
     /// Every entry whose id is not in `have_ids`, in scan order.
-    async fn find_new_entries(&self, have_ids: &[String]) -> Result<Vec<EntryMetadata>, StoreError> {
+    async fn find_new_entries(
+        &self,
+        have_ids: &[String],
+    ) -> Result<Vec<EntryMetadata>, StoreError> {
         let have: HashSet<&str> = have_ids.iter().map(String::as_str).collect();
-        collect_scan_dyn(self, &ScanFilters::default(), &|m| !have.contains(m.id.as_str())).await
+        collect_scan_dyn(self, &ScanFilters::default(), &|m| {
+            !have.contains(m.id.as_str())
+        })
+        .await
     }
 
     /// Entries of one document whose id is not in `have_ids`.
@@ -230,7 +236,11 @@ pub(crate) fn check_payload(entry: &Entry) -> Result<(), StoreError> {
 
 /// Assembles a scan page: `nextCursor` is the last returned entry, or the request cursor echoed as
 /// received when the page is empty (spec §4.4).
-pub(crate) fn page(entries: Vec<EntryMetadata>, cursor: Option<&ScanCursor>, has_more: bool) -> ScanPage {
+pub(crate) fn page(
+    entries: Vec<EntryMetadata>,
+    cursor: Option<&ScanCursor>,
+    has_more: bool,
+) -> ScanPage {
     let next_cursor = match entries.last() {
         Some(last) => Some(ScanCursor {
             receipt_order: last.receipt_order.unwrap_or(0),

@@ -65,9 +65,11 @@ impl StoreRegistry {
         }
         let store: SharedStore = match &self.backend {
             StorageBackend::Memory => Arc::new(MemoryStore::new(id.clone(), self.changes.clone())),
-            StorageBackend::Sled(db) => {
-                Arc::new(SledStore::open(db.clone(), id.clone(), self.changes.clone())?)
-            }
+            StorageBackend::Sled(db) => Arc::new(SledStore::open(
+                db.clone(),
+                id.clone(),
+                self.changes.clone(),
+            )?),
         };
         stores.insert(id.clone(), store.clone());
         Ok(store)
@@ -80,7 +82,9 @@ impl StoreRegistry {
         };
         let mut opened = 0;
         for name in db.tree_names() {
-            let Ok(name) = std::str::from_utf8(&name) else { continue };
+            let Ok(name) = std::str::from_utf8(&name) else {
+                continue;
+            };
             let parts: Vec<&str> = name.split('/').collect();
             if let ["store", tenant, db_id, kind] = parts[..] {
                 let kind = crate::wire::StoreKind::parse(kind);
@@ -95,7 +99,12 @@ impl StoreRegistry {
 
     /// Stores opened so far.
     pub fn opened(&self) -> Vec<SharedStore> {
-        self.stores.lock().expect("store map").values().cloned().collect()
+        self.stores
+            .lock()
+            .expect("store map")
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<StoreChange> {

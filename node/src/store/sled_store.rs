@@ -45,7 +45,12 @@ fn order_key(ro: u64, id: &str) -> Vec<u8> {
 }
 
 fn doc_prefix(doc_id: &str) -> Vec<u8> {
-    [&b"d"[..], &(doc_id.len() as u32).to_be_bytes(), doc_id.as_bytes()].concat()
+    [
+        &b"d"[..],
+        &(doc_id.len() as u32).to_be_bytes(),
+        doc_id.as_bytes(),
+    ]
+    .concat()
 }
 
 fn payload_key(hash: &str) -> Vec<u8> {
@@ -171,14 +176,17 @@ impl SledStore {
             None => Bound::Included(b"o".to_vec()),
         };
         let end = Bound::Excluded([&b"o"[..], &(self.visible() + 1).to_be_bytes()].concat());
-        self.tree.range::<Vec<u8>, _>((start, end)).map(move |item| {
-            let (key, _) = item.map_err(self.err())?;
-            let ro = u64::from_be_bytes(key[1..9].try_into().expect("order key has a receiptOrder"));
-            let id = std::str::from_utf8(&key[9..])
-                .map_err(|_| self.corrupt("order key id is not UTF-8"))?
-                .to_string();
-            Ok((ro, id))
-        })
+        self.tree
+            .range::<Vec<u8>, _>((start, end))
+            .map(move |item| {
+                let (key, _) = item.map_err(self.err())?;
+                let ro =
+                    u64::from_be_bytes(key[1..9].try_into().expect("order key has a receiptOrder"));
+                let id = std::str::from_utf8(&key[9..])
+                    .map_err(|_| self.corrupt("order key id is not UTF-8"))?
+                    .to_string();
+                Ok((ro, id))
+            })
     }
 
     fn payload_bytes_total(&self) -> Result<u64, StoreError> {
@@ -206,7 +214,12 @@ impl ContentAddressedStore for SledStore {
         let mut batch_hashes = HashSet::new();
         for entry in entries {
             let meta = entry.metadata;
-            if batch_ids.contains(&meta.id) || self.tree.contains_key(meta_key(&meta.id)).map_err(self.err())? {
+            if batch_ids.contains(&meta.id)
+                || self
+                    .tree
+                    .contains_key(meta_key(&meta.id))
+                    .map_err(self.err())?
+            {
                 continue;
             }
             ro += 1;
@@ -224,7 +237,10 @@ impl ContentAddressedStore for SledStore {
             serde_json::to_writer(&mut record, &stored).expect("metadata serialises");
             batch.insert(meta_key(&stored.id), record);
             batch.insert(order_key(ro, &stored.id), &[][..]);
-            batch.insert([doc_prefix(&stored.doc_id), stored.id.as_bytes().to_vec()].concat(), &[][..]);
+            batch.insert(
+                [doc_prefix(&stored.doc_id), stored.id.as_bytes().to_vec()].concat(),
+                &[][..],
+            );
             batch_ids.insert(stored.id.clone());
             inserted.push(stored.id);
         }
@@ -338,7 +354,9 @@ impl ContentAddressedStore for SledStore {
     }
 
     async fn get_all_ids(&self) -> Result<Vec<String>, StoreError> {
-        self.order_range(None).map(|r| r.map(|(_, id)| id)).collect()
+        self.order_range(None)
+            .map(|r| r.map(|(_, id)| id))
+            .collect()
     }
 
     async fn get_id_bloom_summary(&self) -> Result<BloomSummary, StoreError> {

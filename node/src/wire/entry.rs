@@ -111,7 +111,8 @@ mod tests {
     fn content_hash_vectors() {
         let doc = testdata::load("content-hash.json");
         for case in doc["cases"].as_array().unwrap() {
-            let payload = crate::wire::b64::decode(case["payloadBase64"].as_str().unwrap()).unwrap();
+            let payload =
+                crate::wire::b64::decode(case["payloadBase64"].as_str().unwrap()).unwrap();
             assert_eq!(
                 content_hash(&payload),
                 case["contentHash"].as_str().unwrap(),

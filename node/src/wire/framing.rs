@@ -12,7 +12,9 @@ pub struct FramedBody<'a> {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FramingError {
-    #[error("binary framing truncated at offset {offset}: needed {needed} bytes, {available} left")]
+    #[error(
+        "binary framing truncated at offset {offset}: needed {needed} bytes, {available} left"
+    )]
     Truncated {
         offset: usize,
         needed: usize,
@@ -103,7 +105,10 @@ mod tests {
             };
             let body = b64::decode(sample[field].as_str().unwrap()).unwrap();
             let decoded = decode(&body).unwrap();
-            assert_eq!(decoded.header, sample["headerJsonText"].as_str().unwrap().as_bytes());
+            assert_eq!(
+                decoded.header,
+                sample["headerJsonText"].as_str().unwrap().as_bytes()
+            );
             let frames = sample["frames"].as_array().unwrap();
             assert_eq!(decoded.frames.len(), frames.len());
             let mut writer = FrameWriter::new(decoded.header, body.len());

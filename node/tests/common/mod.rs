@@ -35,7 +35,10 @@ pub fn identity(name: &str) -> Identity {
 }
 
 pub fn username(name: &str) -> String {
-    keys()["identities"][name]["username"].as_str().unwrap().to_string()
+    keys()["identities"][name]["username"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 pub fn user_entry(name: &str, revoked: bool) -> UserEntry {
@@ -81,8 +84,16 @@ pub fn prepare(dir: &Path, extra_config: &str) {
     let server = identity("server");
     std::fs::create_dir_all(dir.join("keys")).unwrap();
     std::fs::write(dir.join("keys/signing.pem"), server.signing_private_pem()).unwrap();
-    std::fs::write(dir.join("keys/encryption.pem"), server.encryption_private_pem()).unwrap();
-    std::fs::write(dir.join("directory.yaml"), serde_yaml::to_string(&directory(false)).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("keys/encryption.pem"),
+        server.encryption_private_pem(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("directory.yaml"),
+        serde_yaml::to_string(&directory(false)).unwrap(),
+    )
+    .unwrap();
     let config = format!(
         "name: CN=server1\nlisten: 127.0.0.1:0\ndataDir: {d}/data\ndirectoryFile: {d}/directory.yaml\n\
          identity:\n  signingKeyFile: {d}/keys/signing.pem\n  encryptionKeyFile: {d}/keys/encryption.pem\n{extra_config}",
@@ -120,8 +131,15 @@ impl Node {
                 }
             }
         });
-        let url = rx.recv_timeout(Duration::from_secs(60)).expect("node did not report its address");
-        Node { child, url, dir: dir.to_path_buf(), _tmp: None }
+        let url = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("node did not report its address");
+        Node {
+            child,
+            url,
+            dir: dir.to_path_buf(),
+            _tmp: None,
+        }
     }
 
     /// SIGKILL, no chance to flush.
@@ -132,7 +150,11 @@ impl Node {
     }
 
     pub fn client(&self) -> Client {
-        Client { http: reqwest::Client::new(), base: self.url.clone(), token: None }
+        Client {
+            http: reqwest::Client::new(),
+            base: self.url.clone(),
+            token: None,
+        }
     }
 }
 
@@ -150,7 +172,8 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -158,7 +181,13 @@ impl Reply {
 }
 
 impl Client {
-    pub async fn send(&self, method: &str, path: &str, body: Option<Vec<u8>>, content_type: &str) -> Reply {
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        content_type: &str,
+    ) -> Reply {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method.parse().unwrap(), url);
         if let Some(t) = &self.token {
@@ -168,11 +197,21 @@ impl Client {
             req = req.header("content-type", content_type).body(b);
         }
         let resp = req.send().await.expect("request");
-        Reply { status: resp.status().as_u16(), headers: resp.headers().clone(), body: resp.bytes().await.unwrap().to_vec() }
+        Reply {
+            status: resp.status().as_u16(),
+            headers: resp.headers().clone(),
+            body: resp.bytes().await.unwrap().to_vec(),
+        }
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Reply {
-        self.send("POST", path, Some(serde_json::to_vec(&body).unwrap()), "application/json").await
+        self.send(
+            "POST",
+            path,
+            Some(serde_json::to_vec(&body).unwrap()),
+            "application/json",
+        )
+        .await
     }
 
     pub async fn get(&self, path: &str) -> Reply {
@@ -187,12 +226,20 @@ impl Client {
     pub async fn login(&mut self, name: &str) -> String {
         let id = identity(name);
         let c = self
-            .post(&format!("/{TENANT}/auth/challenge"), json!({"username": username(name), "signingPublicKey": id.signing_public_pem}))
+            .post(
+                &format!("/{TENANT}/auth/challenge"),
+                json!({"username": username(name), "signingPublicKey": id.signing_public_pem}),
+            )
             .await;
         assert_eq!(c.status, 200, "{}", c.text());
         let challenge = c.json()["challenge"].as_str().unwrap().to_string();
         let sig = b64::encode(&id.signing.sign(challenge.as_bytes()).to_bytes());
-        let a = self.post(&format!("/{TENANT}/auth/authenticate"), json!({"challenge": challenge, "signature": sig})).await;
+        let a = self
+            .post(
+                &format!("/{TENANT}/auth/authenticate"),
+                json!({"challenge": challenge, "signature": sig}),
+            )
+            .await;
         assert_eq!(a.status, 200, "{}", a.text());
         let token = a.json()["token"].as_str().unwrap().to_string();
         self.token = Some(token.clone());
@@ -203,9 +250,19 @@ impl Client {
 /// A signed (v2 + legacy) doc entry by `author`, like the reference client writes.
 pub fn signed_entry(author: &str, doc: &str, n: usize, payload_len: usize) -> Entry {
     let k = keys();
-    let key = SigningKey::from_pkcs8_pem(k["identities"][author]["signingPrivateKeyPkcs8"].as_str().unwrap()).unwrap();
-    let pem = k["identities"][author]["signingPublicKey"].as_str().unwrap().to_string();
-    let payload: Vec<u8> = (0..payload_len).map(|i| ((i * 31 + n * 7) % 251) as u8).collect();
+    let key = SigningKey::from_pkcs8_pem(
+        k["identities"][author]["signingPrivateKeyPkcs8"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let pem = k["identities"][author]["signingPublicKey"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let payload: Vec<u8> = (0..payload_len)
+        .map(|i| ((i * 31 + n * 7) % 251) as u8)
+        .collect();
     let mut metadata = EntryMetadata {
         entry_type: if n == 0 { "doc_create" } else { "doc_change" }.into(),
         id: format!("{doc}_d_{n:08x}_{}", &content_hash(&payload)[..16]),
@@ -230,15 +287,23 @@ pub fn signed_entry(author: &str, doc: &str, n: usize, payload_len: usize) -> En
         recipients: None,
         entry_version: Some(2),
     };
-    metadata.metadata_signature = Some(B64(key.sign(&metadata_signing_bytes(&metadata).unwrap()).to_bytes().to_vec()));
-    Entry { metadata, encrypted_data: payload }
+    metadata.metadata_signature = Some(B64(key
+        .sign(&metadata_signing_bytes(&metadata).unwrap())
+        .to_bytes()
+        .to_vec()));
+    Entry {
+        metadata,
+        encrypted_data: payload,
+    }
 }
 
 pub fn wire_entries(entries: &[Entry]) -> Value {
     Value::Array(
         entries
             .iter()
-            .map(|e| serde_json::to_value(syncrelay_node::wire::WireEntry::from(e.clone())).unwrap())
+            .map(|e| {
+                serde_json::to_value(syncrelay_node::wire::WireEntry::from(e.clone())).unwrap()
+            })
             .collect(),
     )
 }
