@@ -149,6 +149,10 @@ impl Node {
         self._tmp.take().map(|t| t.keep());
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn client(&self) -> Client {
         Client {
             http: reqwest::Client::new(),

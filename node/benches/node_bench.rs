@@ -1,0 +1,157 @@
+//! Side-by-side throughput of a real `syncrelay-node` process against raw sled on this machine
+//! (ratios matter; absolute figures drift on a shared machine). Run: `cargo bench -p syncrelay-node`.
+//!
+//! 1. raw sled: durable batches of 1 000 records of the same size as a stored 1 KiB entry;
+//! 2. ingest: `putEntriesBinary` of 1 000 signed 1 KiB entries per request, full verification;
+//! 3. serving: `getEntriesBinary` (session-key wrap) of 1 000 entries per request;
+//! 4. idle store-head check: bytes on the wire, headers included.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Instant;
+
+use common::*;
+use serde_json::json;
+use syncrelay_node::crypto::transport::{aes_decrypt, SessionKey};
+use syncrelay_node::wire::{b64, framing};
+
+const BATCH: usize = 1000;
+const BATCHES: usize = 20;
+
+fn main() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(run());
+}
+
+async fn run() {
+    let entries: Vec<_> = (0..BATCH * BATCHES)
+        .map(|n| signed_entry("alice", &format!("doc{}", n % 97), n, 1024))
+        .collect();
+    let record_len = serde_json::to_vec(&entries[0].metadata).unwrap().len() + 1024;
+
+    // 1. raw sled, same cache size as the node's default.
+    let tmp = tempfile::tempdir().unwrap();
+    let db = sled::Config::new()
+        .path(tmp.path())
+        .cache_capacity(128 << 20)
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .unwrap();
+    let started = Instant::now();
+    for chunk in entries.chunks(BATCH) {
+        let mut batch = sled::Batch::default();
+        for e in chunk {
+            batch.insert(e.metadata.id.as_bytes(), vec![7u8; record_len]);
+        }
+        db.apply_batch(batch).unwrap();
+        db.flush().unwrap();
+    }
+    let raw_rate = entries.len() as f64 / started.elapsed().as_secs_f64();
+    drop(db);
+
+    // 2. ingest through the real node.
+    let node = Node::start(
+        "limits: {syncPerMinute: 10000000, authPerMinute: 10000, globalExtraPerMinute: 10000000}\n",
+    );
+    let mut c = node.client();
+    c.login("alice").await;
+    let bodies: Vec<Vec<u8>> = entries
+        .chunks(BATCH)
+        .map(|chunk| {
+            let mut w = framing::FrameWriter::new(
+                br#"{"format":"mdb-put-v2","dbId":"bench"}"#,
+                chunk.len() * 1700,
+            );
+            for e in chunk {
+                w.push(&serde_json::to_vec(&e.metadata).unwrap(), &e.encrypted_data);
+            }
+            w.finish()
+        })
+        .collect();
+    let started = Instant::now();
+    for body in bodies {
+        let r = c
+            .send(
+                "POST",
+                "/vectors/sync/docs/putEntriesBinary",
+                Some(body),
+                "application/octet-stream",
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["rejected"], json!([]));
+    }
+    let ingest_rate = entries.len() as f64 / started.elapsed().as_secs_f64();
+
+    // 3. serving with session-key wrap; the client unwraps one key per batch and opens every payload.
+    let alice = identity("alice");
+    let ids: Vec<String> = entries.iter().map(|e| e.metadata.id.clone()).collect();
+    let mut rsa_ops = 0;
+    let mut served = 0;
+    let started = Instant::now();
+    for chunk in ids.chunks(BATCH) {
+        let r = c
+            .sync("getEntriesBinary", json!({"dbId": "bench", "ids": chunk}))
+            .await;
+        let framed = framing::decode(&r.body).unwrap();
+        let header: serde_json::Value = serde_json::from_slice(framed.header).unwrap();
+        let key = SessionKey::unwrap(
+            &alice.encryption,
+            &b64::decode(header["wrappedSessionKey"].as_str().unwrap()).unwrap(),
+        )
+        .unwrap();
+        rsa_ops += 1;
+        for (meta, payload) in &framed.frames {
+            let meta: serde_json::Value = serde_json::from_slice(meta).unwrap();
+            aes_decrypt(
+                &key,
+                &b64::decode(meta["iv"].as_str().unwrap()).unwrap(),
+                payload,
+            )
+            .unwrap();
+            served += 1;
+        }
+    }
+    let serve_rate = served as f64 / started.elapsed().as_secs_f64();
+
+    // 4. idle head check, raw bytes on the wire.
+    let addr = node.url.trim_start_matches("http://").to_string();
+    let body = r#"{"dbId":"bench"}"#;
+    let request = format!(
+        "POST /vectors/sync/docs/getStoreHead HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        c.token.as_ref().unwrap(),
+        body.len()
+    );
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let head_body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+
+    let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", node.pid()))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
+        })
+        .unwrap_or(0);
+
+    println!(
+        "entries: {} x {} B payload ({} B stored record)",
+        entries.len(),
+        1024,
+        record_len
+    );
+    println!("raw sled durable batches      {raw_rate:>10.0} entries/s");
+    println!(
+        "putEntriesBinary, verified    {ingest_rate:>10.0} entries/s   ratio to raw sled: {:.2}",
+        ingest_rate / raw_rate
+    );
+    println!("getEntriesBinary, session key {serve_rate:>10.0} entries/s   client RSA private-key ops: {rsa_ops} for {served} entries");
+    println!("idle getStoreHead             body {} B ({head_body}); on the wire: request {} B, response {} B", head_body.len(), request.len(), response.len());
+    println!("node resident memory after the run: {} MiB", rss_kib / 1024);
+}
