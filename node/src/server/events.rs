@@ -15,9 +15,9 @@ use futures::stream::{self, StreamExt};
 use tokio_stream::wrappers::{BroadcastStream, IntervalStream};
 
 use super::error::ApiError;
-use super::sync::authorize;
+use super::sync::{authorize, db_id};
 use super::{now_ms, ClientIp, SharedState};
-use crate::wire::{ids, ChangeEventData, PROTOCOL_VERSION};
+use crate::wire::{ChangeEventData, PROTOCOL_VERSION};
 
 pub const HEARTBEAT: Duration = Duration::from_secs(30);
 
@@ -29,8 +29,9 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (pending, directory) = authorize(&state, &tenant, &kind, &headers, ip)?;
-    let gate_db = query.get("dbId").map(String::as_str).unwrap_or("directory");
-    ids::validate_db_id(gate_db).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    db_id(Some(
+        query.get("dbId").map(String::as_str).unwrap_or("directory"),
+    ))?;
     let ctx = pending.finish(&state, directory)?;
     let (tenant, kind) = (ctx.tenant.clone(), ctx.kind);
 

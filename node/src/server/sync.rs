@@ -91,7 +91,8 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-fn db_id(raw: Option<&str>) -> Result<String, ApiError> {
+/// Validates a dbId (400 with the protocol's message when missing or malformed).
+pub fn db_id(raw: Option<&str>) -> Result<String, ApiError> {
     let raw = raw.unwrap_or("");
     ids::validate_db_id(raw).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     Ok(raw.to_string())

@@ -92,13 +92,7 @@ impl ContentAddressedStore for MemoryStore {
         }
         let head = self.head(&inner);
         drop(inner);
-        if !inserted.is_empty() {
-            let _ = self.changes.send(StoreChange {
-                store: self.id.clone(),
-                head: head.clone(),
-            });
-        }
-        Ok(PutSummary { inserted, head })
+        Ok(super::announce_put(&self.changes, &self.id, inserted, head))
     }
 
     async fn get_entries(&self, ids: &[String]) -> Result<Vec<Entry>, StoreError> {

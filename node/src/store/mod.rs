@@ -255,6 +255,23 @@ pub(crate) fn page(
     }
 }
 
+/// Ends a `put_entries`: notifies subscribers when something was inserted, and summarises.
+pub(crate) fn announce_put(
+    changes: &broadcast::Sender<StoreChange>,
+    store: &StoreId,
+    inserted: Vec<String>,
+    head: StoreHead,
+) -> PutSummary {
+    if !inserted.is_empty() {
+        // No subscriber is not an error.
+        let _ = changes.send(StoreChange {
+            store: store.clone(),
+            head: head.clone(),
+        });
+    }
+    PutSummary { inserted, head }
+}
+
 /// Fresh epoch: a UUIDv7 string like the reference's.
 pub(crate) fn new_epoch() -> String {
     uuid::Uuid::now_v7().to_string()

@@ -256,13 +256,7 @@ impl ContentAddressedStore for SledStore {
             epoch: self.epoch.clone(),
             max_receipt_order: ro,
         };
-        if !inserted.is_empty() {
-            let _ = self.changes.send(StoreChange {
-                store: self.id.clone(),
-                head: head.clone(),
-            });
-        }
-        Ok(PutSummary { inserted, head })
+        Ok(super::announce_put(&self.changes, &self.id, inserted, head))
     }
 
     async fn get_entries(&self, ids: &[String]) -> Result<Vec<Entry>, StoreError> {
