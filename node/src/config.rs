@@ -25,16 +25,49 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// What a node does in a chain (architecture §2). Part 1 implements `origin`.
+/// What a node does in a chain (architecture §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     #[default]
+    /// Full local copy, no upstream; verifies and witnesses what clients write.
     Origin,
+    /// Full local copy of what it carries, kept in sync with its upstream(s); store-and-forward.
     Relay,
+    /// Bounded cache in front of the upstream; writes forwarded synchronously.
     Edge,
+    /// No local data; every operation forwarded to the upstream.
     Passthrough,
+    /// Full local copy, synced in both directions with every configured peer (P2P, mesh).
     Peer,
+}
+
+impl Role {
+    /// Whether the node keeps a full local copy in its own store.
+    pub fn has_local_copy(self) -> bool {
+        matches!(self, Role::Origin | Role::Relay | Role::Peer)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Origin => "origin",
+            Role::Relay => "relay",
+            Role::Edge => "edge",
+            Role::Passthrough => "passthrough",
+            Role::Peer => "peer",
+        }
+    }
+}
+
+/// How several upstreams are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamMode {
+    /// The first reachable upstream in list order is used.
+    #[default]
+    Failover,
+    /// The node syncs with every upstream and holds the union (relay only).
+    Merged,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -76,6 +109,16 @@ pub struct NodeConfig {
     /// Stamp witness receipts (spec §5.6) on entries new to this node.
     pub witness: bool,
     pub log_format: LogFormat,
+    /// Upstream nodes of a relay, edge or passthrough (other syncrelay nodes or MindooDB servers).
+    pub upstreams: Vec<RemoteConfig>,
+    pub upstream_mode: UpstreamMode,
+    /// Peers synced in both directions (peer role, and replicas of one origin or relay set).
+    pub peers: Vec<RemoteConfig>,
+    /// Databases synced from the start; any database a client touches is added while running.
+    pub databases: Vec<DatabaseRef>,
+    pub sync: SyncConfig,
+    /// Edge cache bounds.
+    pub cache: CacheConfig,
 }
 
 impl Default for NodeConfig {
@@ -93,6 +136,12 @@ impl Default for NodeConfig {
             tls: None,
             witness: true,
             log_format: LogFormat::Text,
+            upstreams: Vec::new(),
+            upstream_mode: UpstreamMode::Failover,
+            peers: Vec::new(),
+            databases: Vec::new(),
+            sync: SyncConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -177,7 +226,82 @@ pub struct TlsConfig {
     pub key_file: PathBuf,
 }
 
+/// Another node this node talks to as a client, with its own identity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// Label in metrics, status and logs.
+    pub name: String,
+    /// Base URL of the node, without the tenant (e.g. `https://origin.example:1661`).
+    pub url: String,
+    /// PEM bundle of CAs to trust for an HTTPS URL, in addition to the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A database carried by the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DatabaseRef {
+    pub tenant: String,
+    pub db: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Fallback store-head check interval (change events trigger syncs sooner).
+    pub interval_ms: u64,
+    /// Entries per transfer batch.
+    pub batch_size: usize,
+    /// Transfer batches in flight per sync.
+    pub max_in_flight: usize,
+    /// Timeout of one upstream request.
+    pub request_timeout_ms: u64,
+    /// Attempts of one upstream request on transient errors (exponential backoff between them).
+    pub max_attempts: u32,
+    /// First backoff delay; doubled per attempt.
+    pub backoff_base_ms: u64,
+    /// How long a client write waits for the upstream before it is queued (relay).
+    pub forward_timeout_ms: u64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            interval_ms: 5_000,
+            batch_size: 250,
+            max_in_flight: 3,
+            request_timeout_ms: 30_000,
+            max_attempts: 4,
+            backoff_base_ms: 200,
+            forward_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Byte limit of cached payloads and metadata (edge).
+    pub max_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
 impl NodeConfig {
+    /// Whether stamping witness receipts is in effect: only nodes that hold the authoritative copy
+    /// stamp; a relay passes its upstream's receipts through (spec §5.6).
+    pub fn stamps_witness(&self) -> bool {
+        self.witness && matches!(self.role, Role::Origin | Role::Peer)
+    }
+
     pub fn from_yaml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let config: NodeConfig = if text.trim().is_empty() {
             NodeConfig::default()
@@ -204,11 +328,61 @@ impl NodeConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.role != Role::Origin {
-            return Err(ConfigError::Invalid(format!(
-                "role {:?} is not available in this build yet; use origin",
-                self.role
-            )));
+        let role = self.role.as_str();
+        match self.role {
+            Role::Origin if !self.upstreams.is_empty() => {
+                return Err(ConfigError::Invalid(
+                    "an origin has no upstreams (use role relay, or peers for replicas)".into(),
+                ))
+            }
+            Role::Relay | Role::Edge | Role::Passthrough if self.upstreams.is_empty() => {
+                return Err(ConfigError::Invalid(format!(
+                    "role {role} needs at least one entry in upstreams"
+                )))
+            }
+            Role::Edge | Role::Passthrough if !self.peers.is_empty() => {
+                return Err(ConfigError::Invalid(format!(
+                    "role {role} keeps no local copy and cannot have peers"
+                )))
+            }
+            Role::Edge | Role::Passthrough if self.upstream_mode == UpstreamMode::Merged => {
+                return Err(ConfigError::Invalid(format!(
+                    "upstreamMode merged needs a local copy to hold the union; role {role} has none"
+                )))
+            }
+            Role::Peer if self.peers.is_empty() => {
+                return Err(ConfigError::Invalid(
+                    "role peer needs at least one entry in peers".into(),
+                ))
+            }
+            _ => {}
+        }
+        let mut names = std::collections::HashSet::new();
+        for remote in self.upstreams.iter().chain(&self.peers) {
+            if !names.insert(remote.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "upstream/peer name {} is used twice",
+                    remote.name
+                )));
+            }
+            let ok = remote.url.starts_with("http://") || remote.url.starts_with("https://");
+            if !ok {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: url must start with http:// or https://",
+                    remote.name
+                )));
+            }
+        }
+        for d in &self.databases {
+            crate::wire::ids::normalize_tenant_id(&d.tenant)
+                .and_then(|_| crate::wire::ids::validate_db_id(&d.db))
+                .map_err(|e| ConfigError::Invalid(format!("databases: {e}")))?;
+        }
+        if self.sync.batch_size == 0 || self.sync.max_in_flight == 0 || self.sync.max_attempts == 0
+        {
+            return Err(ConfigError::Invalid(
+                "sync.batchSize, sync.maxInFlight and sync.maxAttempts must be at least 1".into(),
+            ));
         }
         if self.identity.signing_key_file.is_some() != self.identity.encryption_key_file.is_some() {
             return Err(ConfigError::Invalid(
@@ -244,5 +418,23 @@ mod tests {
         let c = NodeConfig::from_yaml("limits: {syncPerMinute: 10}", Path::new("x")).unwrap();
         assert_eq!(c.limits.sync_per_minute, 10);
         assert_eq!(c.limits.auth_per_minute, 120);
+    }
+
+    #[test]
+    fn roles_need_their_links() {
+        let relay = "role: relay\nupstreams: [{name: o, url: 'http://127.0.0.1:1'}]";
+        assert!(NodeConfig::from_yaml(relay, Path::new("x")).is_ok());
+        assert!(NodeConfig::from_yaml("role: relay", Path::new("x")).is_err());
+        assert!(NodeConfig::from_yaml("role: peer", Path::new("x")).is_err());
+        let origin_up = "upstreams: [{name: o, url: 'http://a'}]";
+        assert!(NodeConfig::from_yaml(origin_up, Path::new("x")).is_err());
+        let edge_merged =
+            "role: edge\nupstreamMode: merged\nupstreams: [{name: o, url: 'http://a'}]";
+        assert!(NodeConfig::from_yaml(edge_merged, Path::new("x")).is_err());
+        let twice =
+            "role: relay\nupstreams: [{name: o, url: 'http://a'}, {name: o, url: 'http://b'}]";
+        assert!(NodeConfig::from_yaml(twice, Path::new("x")).is_err());
+        let bad_url = "role: relay\nupstreams: [{name: o, url: 'ftp://a'}]";
+        assert!(NodeConfig::from_yaml(bad_url, Path::new("x")).is_err());
     }
 }

@@ -22,6 +22,18 @@ pub struct Metrics {
     compactions: IntGaugeVec,
     compacted_bytes: IntGaugeVec,
     disk_bytes: IntGaugeVec,
+    /// Entries of the source past the sync cursor, per link, store and direction.
+    pub sync_lag: IntGaugeVec,
+    /// Seconds since the last successful sync pass with a link (refreshed on render).
+    pub sync_age_seconds: IntGaugeVec,
+    pub sync_entries: IntCounterVec,
+    pub sync_bytes: IntCounterVec,
+    pub sync_errors: IntCounterVec,
+    pub bloom_rechecks: IntCounterVec,
+    pub cache_events: IntCounterVec,
+    pub cache_bytes: IntGaugeVec,
+    /// Client writes stored locally but not yet confirmed by the upstream.
+    pub queued_writes: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -119,6 +131,51 @@ impl Metrics {
                 "syncrelay_storage_disk_bytes",
                 "Bytes the storage backend occupies on disk",
                 &["backend"],
+            ),
+            sync_lag: gauge(
+                "syncrelay_sync_lag_entries",
+                "Entries of the source past the sync cursor",
+                &["link", "tenant", "db", "kind", "direction"],
+            ),
+            sync_age_seconds: gauge(
+                "syncrelay_sync_seconds_since_success",
+                "Seconds since the last successful sync pass with a link",
+                &["link"],
+            ),
+            sync_entries: counter(
+                "syncrelay_sync_entries_total",
+                "Entries transferred by the sync engine",
+                &["link", "direction"],
+            ),
+            sync_bytes: counter(
+                "syncrelay_sync_bytes_total",
+                "Payload bytes transferred by the sync engine",
+                &["link", "direction"],
+            ),
+            sync_errors: counter(
+                "syncrelay_sync_errors_total",
+                "Failed sync passes and forwards, by kind",
+                &["link", "kind"],
+            ),
+            bloom_rechecks: counter(
+                "syncrelay_bloom_false_positive_rechecks_total",
+                "Ids a bloom summary called maybe-present that hasEntries found missing",
+                &["link"],
+            ),
+            cache_events: counter(
+                "syncrelay_cache_events_total",
+                "Edge cache hits, misses and evictions (entries)",
+                &["event"],
+            ),
+            cache_bytes: gauge(
+                "syncrelay_cache_bytes",
+                "Bytes held by the edge cache, and its limit",
+                &["kind"],
+            ),
+            queued_writes: gauge(
+                "syncrelay_queued_writes",
+                "Client writes stored locally, not yet confirmed by the upstream",
+                &["link"],
             ),
             registry,
         }

@@ -8,12 +8,16 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::auth::AuthService;
-use crate::config::{NodeConfig, StorageKind};
+use crate::client::SessionOptions;
+use crate::config::{NodeConfig, Role, StorageKind};
 use crate::crypto::keys::Identity;
 use crate::directory::DirectoryHandle;
 use crate::metrics::Metrics;
 use crate::server::{self, AppState, Limiters, SharedState};
+use crate::store::cache::EdgeCache;
 use crate::store::{StorageBackend, StoreRegistry};
+use crate::sync::links::Links;
+use crate::sync::service::SyncQueue;
 
 /// Loads the configured identity, or the one generated earlier under `dataDir/identity`, or
 /// generates and keeps a new one.
@@ -91,14 +95,35 @@ pub fn build_state(config: NodeConfig) -> anyhow::Result<SharedState> {
     };
     let opened = stores.open_existing()?;
     tracing::info!(stores = opened, "storage ready");
+    let identity = Arc::new(identity);
+    let node_id = server::node_id(&identity);
+    let links = if config.upstreams.is_empty() && config.peers.is_empty() {
+        None
+    } else {
+        let options = SessionOptions {
+            username: config.name.clone(),
+            identity: identity.clone(),
+            node_id: node_id.clone(),
+            max_attempts: config.sync.max_attempts,
+            backoff_base: Duration::from_millis(config.sync.backoff_base_ms),
+        };
+        Some(Arc::new(Links::from_config(&config, options)?))
+    };
+    let cache = (config.role == Role::Edge)
+        .then(|| Arc::new(EdgeCache::new(config.cache.max_bytes, metrics.clone())));
+    tracing::info!(%node_id, role = config.role.as_str(), "node identity ready");
     Ok(Arc::new(AppState {
         limits: Limiters::from_config(&config.limits),
         config,
         identity,
+        node_id,
         directory,
         auth,
         stores,
         metrics,
+        links,
+        sync_queue: SyncQueue::default(),
+        cache,
     }))
 }
 
@@ -123,11 +148,16 @@ pub async fn run(
     println!("listening on {scheme}://{addr}");
     tracing::info!(%addr, scheme, name = %state.config.name, "syncrelay-node listening");
     let shutdown_handle = handle.clone();
+    let (stop_sync, sync_stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down: draining requests");
+        let _ = stop_sync.send(());
         shutdown_handle.graceful_shutdown(Some(server::SHUTDOWN_GRACE));
     });
+    let sync_task = tokio::spawn(crate::sync::service::run(state.clone(), async move {
+        let _ = sync_stopped.await;
+    }));
     match &state.config.tls {
         Some(tls) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -152,6 +182,8 @@ pub async fn run(
                 .await?
         }
     }
+    // The sync loop stops between passes; an interrupted pass resumes from its saved cursor.
+    let _ = tokio::time::timeout(server::SHUTDOWN_GRACE, sync_task).await;
     state
         .stores
         .flush_all()

@@ -27,6 +27,12 @@ pub enum ApiError {
     NotImplemented(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The upstream answered with an error this node cannot fix (502).
+    #[error("{0}")]
+    BadGateway(String),
+    /// The request already passed through this node (a cycle in the chain).
+    #[error("{0}")]
+    LoopDetected(String),
     /// Logged with its detail; the client sees only "Internal server error".
     #[error("internal error: {0}")]
     Internal(String),
@@ -46,6 +52,8 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::LoopDetected(_) => StatusCode::LOOP_DETECTED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -57,7 +65,19 @@ impl ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        ApiError::Internal(e.to_string())
+        use crate::store::StoreError;
+        match e {
+            StoreError::Upstream {
+                transient: true, ..
+            } => ApiError::Unavailable(e.to_string()),
+            StoreError::Upstream {
+                status: Some(508), ..
+            } => ApiError::LoopDetected(e.to_string()),
+            StoreError::Upstream { .. } | StoreError::Unsupported { .. } => {
+                ApiError::BadGateway(e.to_string())
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
     }
 }
 

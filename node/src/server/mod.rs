@@ -25,12 +25,16 @@ use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove
 use tower_http::compression::CompressionLayer;
 
 use crate::auth::AuthService;
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, Role};
 use crate::crypto::keys::Identity;
 use crate::directory::{Directory, DirectoryHandle, TenantDirectory};
 use crate::metrics::{endpoint_label, Metrics};
+use crate::store::cache::{CachedStore, EdgeCache};
+use crate::store::registry::SharedStore;
 use crate::store::StoreRegistry;
-use crate::wire::{ids, ServerInfo, Timestamping};
+use crate::sync::links::Links;
+use crate::sync::service::{SyncQueue, Want};
+use crate::wire::{ids, ServerInfo, StoreId, Timestamping};
 use error::ApiError;
 use limits::RateLimiter;
 
@@ -60,12 +64,62 @@ impl Limiters {
 /// Everything a request handler needs.
 pub struct AppState {
     pub config: NodeConfig,
-    pub identity: Identity,
+    pub identity: Arc<Identity>,
+    /// Stable id of this node (see [`node_id`]), sent in the via header and published in /status.
+    pub node_id: String,
     pub directory: DirectoryHandle,
     pub auth: AuthService,
     pub stores: StoreRegistry,
     pub metrics: Arc<Metrics>,
     pub limits: Limiters,
+    /// Upstreams and peers (none for a lone origin).
+    pub links: Option<Arc<Links>>,
+    pub sync_queue: SyncQueue,
+    /// The edge role's cache.
+    pub cache: Option<Arc<EdgeCache>>,
+}
+
+impl AppState {
+    /// The store that serves `id` for this node's role: the local store (origin, relay, peer), the
+    /// cache in front of the upstream (edge), or the upstream itself (passthrough).
+    pub fn backing_store(&self, id: &StoreId) -> Result<SharedStore, ApiError> {
+        match self.config.role {
+            Role::Origin | Role::Relay | Role::Peer => {
+                let (store, created) = self.stores.open_reporting(id)?;
+                if created && self.links.is_some() {
+                    // A database a client touched: carried from now on.
+                    self.sync_queue.request(
+                        id.clone(),
+                        Want {
+                            pull: true,
+                            push: true,
+                        },
+                    );
+                }
+                Ok(store)
+            }
+            Role::Edge | Role::Passthrough => {
+                let link = self
+                    .links
+                    .as_ref()
+                    .and_then(|l| l.upstream_order().into_iter().next())
+                    .ok_or_else(|| ApiError::Unavailable("no upstream is configured".into()))?;
+                let remote = link.store(id);
+                Ok(match &self.cache {
+                    Some(cache) => Arc::new(CachedStore::new(remote, cache.clone())),
+                    None => remote,
+                })
+            }
+        }
+    }
+}
+
+/// A node's id: the first 16 hex digits of SHA-256 over its signing public key PEM — stable across
+/// restarts and replicas' identities differ.
+pub fn node_id(identity: &Identity) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(identity.signing_public_pem.as_bytes());
+    hex::encode(&digest[..8])
 }
 
 pub type SharedState = Arc<AppState>;
@@ -107,6 +161,7 @@ pub fn router(state: SharedState) -> Router {
     );
     Router::new()
         .route("/health", get(health))
+        .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/.well-known/mindoodb-server-info", get(server_info))
         .route("/{tenant}/auth/challenge", post(auth_routes::challenge))
@@ -141,8 +196,22 @@ async fn observe(State(state): State<SharedState>, mut request: Request, next: N
     let endpoint = endpoint_label(request.uri().path());
     let started = Instant::now();
     let decision = state.limits.global.check(&global_key(ip));
-    let response = if decision.allowed {
-        next.run(request).await
+    let via = request
+        .headers()
+        .get(crate::client::VIA_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let response = if via.split(',').any(|hop| hop.trim() == state.node_id) {
+        ApiError::LoopDetected(format!(
+            "Loop detected: this request already passed through node {} ({via})",
+            state.node_id
+        ))
+        .into_response()
+    } else if decision.allowed {
+        crate::client::INCOMING_VIA
+            .scope(via, next.run(request))
+            .await
     } else {
         let mut r = ApiError::TooManyRequests {
             message: "Too many requests, please try again later",
@@ -181,7 +250,23 @@ async fn health() -> Response {
     Json(serde_json::json!({"status": "ok", "timestamp": now_ms()})).into_response()
 }
 
+async fn status(State(state): State<SharedState>) -> Response {
+    Json(crate::sync::status::node_status(&state).await).into_response()
+}
+
 async fn metrics(State(state): State<SharedState>) -> Response {
+    if let Some(links) = &state.links {
+        let now = now_ms();
+        for link in links.all() {
+            if let Some(t) = link.last_success_ms() {
+                state
+                    .metrics
+                    .sync_age_seconds
+                    .with_label_values(&[&link.name])
+                    .set((now - t).max(0) / 1000);
+            }
+        }
+    }
     (
         [("content-type", "text/plain; version=0.0.4")],
         state.metrics.render(&state.stores).await,

@@ -17,6 +17,7 @@ use serde::Serialize;
 use super::error::{ApiError, INVALID_TOKEN, MISSING_AUTH};
 use super::ingest::{self, IngestInput, Witness};
 use super::{now_ms, resolve_tenant, tenant_dir, ClientIp, SharedState};
+use crate::config::Role;
 use crate::crypto::transport::{hybrid_encrypt, SessionKey};
 use crate::directory::{Directory, Principal};
 use crate::store::registry::SharedStore;
@@ -57,10 +58,14 @@ pub struct SyncCtx {
 }
 
 impl SyncCtx {
+    pub fn store_id(&self, db_id: &str) -> Result<StoreId, ApiError> {
+        StoreId::new(&self.tenant, db_id, self.kind)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))
+    }
+
+    /// The store serving `db_id` for this node's role.
     pub fn store(&self, db_id: &str) -> Result<SharedStore, ApiError> {
-        let id = StoreId::new(&self.tenant, db_id, self.kind)
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        Ok(self.state.stores.open(&id)?)
+        self.state.backing_store(&self.store_id(db_id)?)
     }
 }
 
@@ -208,12 +213,13 @@ pub async fn capabilities(
             supports_batch_materialization_planning: false,
             supports_attachment_read_planning: false,
             server_time: Some(now_ms()),
-            supports_access_control_v1: state.config.witness,
+            supports_access_control_v1: state.config.stamps_witness(),
             supports_remote_wipe_v1: false,
             supports_store_head: true,
             supports_session_key_wrap: true,
             supports_binary_entries: true,
-            supports_change_events: true,
+            // Nodes without a local copy have no change feed of their own.
+            supports_change_events: state.config.role.has_local_copy(),
         },
     }))
 }
@@ -442,19 +448,25 @@ fn wrap_entries(
     }))
 }
 
-/// The push pipeline: existing ids acknowledged with the stored record, new ones verified, stamped
-/// and stored durably, rejections reported per entry.
+/// The push pipeline: existing ids acknowledged with the stored record, new ones verified (and
+/// stamped by a witness), then stored per role: locally (origin, peer), locally and forwarded
+/// upstream with the upstream's receipts returned (relay; queued when the upstream is away), or only
+/// forwarded (edge, passthrough). Rejections are reported per entry.
 pub async fn put_entries(
     ctx: &SyncCtx,
     db: &str,
     entries: Vec<Entry>,
 ) -> Result<PutEntriesResponse, ApiError> {
+    let id = ctx.store_id(db)?;
+    let role = ctx.state.config.role;
     let store = ctx.store(db)?;
-    let ids: Vec<String> = entries.iter().map(|e| e.metadata.id.clone()).collect();
     let mut existing = HashMap::new();
-    for id in store.has_entries(&ids).await? {
-        if let Some(meta) = store.get_entry_metadata(&id).await? {
-            existing.insert(id, meta);
+    if role.has_local_copy() {
+        let ids: Vec<String> = entries.iter().map(|e| e.metadata.id.clone()).collect();
+        for id in store.has_entries(&ids).await? {
+            if let Some(meta) = store.get_entry_metadata(&id).await? {
+                existing.insert(id, meta);
+            }
         }
     }
     let state = ctx.state.clone();
@@ -465,7 +477,7 @@ pub async fn put_entries(
         let input = IngestInput {
             directory: tenant_dir(&directory, &tenant),
             db_id: &db_owned,
-            witness: state.config.witness.then(|| Witness {
+            witness: state.config.stamps_witness().then(|| Witness {
                 key: &state.identity.signing,
                 pem: &state.identity.signing_public_pem,
             }),
@@ -482,19 +494,83 @@ pub async fn put_entries(
             .with_label_values(&[reason.label()])
             .inc();
     }
-    if !plan.accepted.is_empty() {
-        let summary = store.put_entries(plan.accepted).await?;
+    let mut response = PutEntriesResponse {
+        success: true,
+        receipts: plan.receipts,
+        rejected: plan.rejected,
+    };
+    if plan.accepted.is_empty() {
+        return Ok(response);
+    }
+    let to_store = match role {
+        Role::Origin | Role::Peer => plan.accepted,
+        Role::Relay => {
+            match crate::sync::service::forward_writes(&ctx.state, &id, plan.accepted.clone()).await
+            {
+                Some(outcome) => merge_upstream_verdict(plan.accepted, outcome, &mut response),
+                None => {
+                    tracing::info!(store = %id, entries = plan.accepted.len(), "upstream away: write kept and queued");
+                    plan.accepted
+                }
+            }
+        }
+        Role::Edge | Role::Passthrough => {
+            let outcome = store.push_entries(plan.accepted.clone()).await?;
+            merge_upstream_verdict(plan.accepted, outcome, &mut response);
+            return Ok(response);
+        }
+    };
+    if !to_store.is_empty() {
+        let summary = store.put_entries(to_store).await?;
         ctx.state
             .metrics
             .entries_ingested
             .with_label_values(&[&ctx.tenant, ctx.kind.as_str()])
             .inc_by(summary.inserted.len() as u64);
     }
-    Ok(PutEntriesResponse {
-        success: true,
-        receipts: plan.receipts,
-        rejected: plan.rejected,
-    })
+    Ok(response)
+}
+
+/// Folds the upstream's answer for forwarded entries into the client's response (its receipts
+/// replace ours, its rejections become ours) and returns the entries to keep locally: each with
+/// the upstream's receipt when it describes the same payload.
+fn merge_upstream_verdict(
+    forwarded: Vec<Entry>,
+    outcome: crate::store::PushOutcome,
+    response: &mut PutEntriesResponse,
+) -> Vec<Entry> {
+    let upstream: HashMap<String, EntryMetadata> = outcome
+        .receipts
+        .into_iter()
+        .map(|m| (m.id.clone(), m))
+        .collect();
+    let refused: std::collections::HashSet<&str> =
+        outcome.rejected.iter().map(|r| r.id.as_str()).collect();
+    response
+        .receipts
+        .retain(|r| !refused.contains(r.id.as_str()));
+    for receipt in &mut response.receipts {
+        if let Some(u) = upstream.get(&receipt.id) {
+            if u.content_hash == receipt.content_hash {
+                *receipt = u.clone();
+            }
+        }
+    }
+    let kept = forwarded
+        .into_iter()
+        .filter(|e| !refused.contains(e.metadata.id.as_str()))
+        .map(|mut e| {
+            if let Some(u) = upstream.get(&e.metadata.id) {
+                if u.content_hash == e.metadata.content_hash {
+                    e.metadata = u.clone();
+                    e.metadata.receipt_order = None;
+                }
+            }
+            e
+        })
+        .collect();
+    response.rejected.extend(outcome.rejected);
+    kept
 }
 
 async fn put_entries_binary(

@@ -12,6 +12,7 @@
 //! The derived operations (find-new-entries, find-entries, all ids, bloom, resolve dependencies) have
 //! default implementations in terms of the primitives, so a new store only implements those.
 
+pub mod cache;
 pub mod memory;
 pub mod registry;
 pub mod sled_store;
@@ -44,6 +45,41 @@ pub enum StoreError {
     PayloadMismatch { id: String },
     #[error("store task failed: {0}")]
     Task(String),
+    /// A remote store's upstream failed; `transient` errors are worth retrying later.
+    #[error("upstream {upstream}: {message}")]
+    Upstream {
+        upstream: String,
+        message: String,
+        status: Option<u16>,
+        transient: bool,
+    },
+    /// The remote does not offer this operation (capability flag false or endpoint missing).
+    #[error("upstream {upstream} does not support {operation}")]
+    Unsupported {
+        upstream: String,
+        operation: &'static str,
+    },
+}
+
+impl StoreError {
+    /// Errors that may go away on their own (upstream down, overloaded, timed out).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Upstream {
+                transient: true,
+                ..
+            }
+        )
+    }
+}
+
+/// What a store made of pushed entries: one receipt (the stored record) per accepted entry, and the
+/// entries it refused. Remote stores report their upstream's verdict.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PushOutcome {
+    pub receipts: Vec<EntryMetadata>,
+    pub rejected: Vec<crate::wire::Rejection>,
 }
 
 /// What a `put_entries` call did.
@@ -78,6 +114,24 @@ pub trait ContentAddressedStore: Send + Sync {
 
     /// Full entries for the known ids, in request order; unknown ids are skipped.
     async fn get_entries(&self, ids: &[String]) -> Result<Vec<Entry>, StoreError>;
+
+    /// Stores entries and returns receipts and rejections. A local store accepts everything (its
+    /// caller verified it) and acknowledges each id with the record it holds; a remote store
+    /// forwards and returns its upstream's answer.
+    async fn push_entries(&self, entries: Vec<Entry>) -> Result<PushOutcome, StoreError> {
+        let ids: Vec<String> = entries.iter().map(|e| e.metadata.id.clone()).collect();
+        self.put_entries(entries).await?;
+        let mut receipts = Vec::with_capacity(ids.len());
+        for id in &ids {
+            if let Some(meta) = self.get_entry_metadata(id).await? {
+                receipts.push(meta);
+            }
+        }
+        Ok(PushOutcome {
+            receipts,
+            rejected: Vec::new(),
+        })
+    }
 
     async fn get_entry_metadata(&self, id: &str) -> Result<Option<EntryMetadata>, StoreError>;
 
@@ -225,7 +279,7 @@ pub async fn collect_scan_dyn<S: ContentAddressedStore + ?Sized>(
 
 /// Verifies that an entry's declared hash and size describe its payload (defence in depth: the
 /// server checks this before calling the store, the store refuses to persist a lie).
-pub(crate) fn check_payload(entry: &Entry) -> Result<(), StoreError> {
+pub fn check_payload(entry: &Entry) -> Result<(), StoreError> {
     if entry.metadata.content_hash != crate::wire::content_hash(&entry.encrypted_data) {
         return Err(StoreError::PayloadMismatch {
             id: entry.metadata.id.clone(),

@@ -34,6 +34,8 @@ impl StorageBackend {
     }
 }
 
+const SYNC_STATE_TREE: &str = "syncstate";
+
 pub type SharedStore = Arc<dyn ContentAddressedStore>;
 
 pub struct StoreRegistry {
@@ -41,6 +43,8 @@ pub struct StoreRegistry {
     stores: Mutex<HashMap<StoreId, SharedStore>>,
     changes: broadcast::Sender<StoreChange>,
     data_dir: Option<PathBuf>,
+    /// Sync cursors of the memory backend (the sled backend keeps them in its `syncstate` tree).
+    sync_state: Mutex<HashMap<String, Vec<u8>>>,
 }
 
 impl StoreRegistry {
@@ -50,6 +54,7 @@ impl StoreRegistry {
             stores: Mutex::new(HashMap::new()),
             changes: broadcast::channel(4096).0,
             data_dir,
+            sync_state: Mutex::new(HashMap::new()),
         }
     }
 
@@ -59,9 +64,14 @@ impl StoreRegistry {
 
     /// The store at `id`, created on first use.
     pub fn open(&self, id: &StoreId) -> Result<SharedStore, StoreError> {
+        self.open_reporting(id).map(|(store, _)| store)
+    }
+
+    /// Like [`Self::open`], also telling whether this call opened it first.
+    pub fn open_reporting(&self, id: &StoreId) -> Result<(SharedStore, bool), StoreError> {
         let mut stores = self.stores.lock().expect("store map");
         if let Some(store) = stores.get(id) {
-            return Ok(store.clone());
+            return Ok((store.clone(), false));
         }
         let store: SharedStore = match &self.backend {
             StorageBackend::Memory => Arc::new(MemoryStore::new(id.clone(), self.changes.clone())),
@@ -72,7 +82,7 @@ impl StoreRegistry {
             )?),
         };
         stores.insert(id.clone(), store.clone());
-        Ok(store)
+        Ok((store, true))
     }
 
     /// Opens every store that exists on disk (at startup, so metrics cover them all).
@@ -95,6 +105,49 @@ impl StoreRegistry {
             }
         }
         Ok(opened)
+    }
+
+    /// A persisted sync cursor (see `sync::service`).
+    pub fn load_sync_state(&self, key: &str) -> Option<Vec<u8>> {
+        match &self.backend {
+            StorageBackend::Sled(db) => db
+                .open_tree(SYNC_STATE_TREE)
+                .ok()?
+                .get(key)
+                .ok()
+                .flatten()
+                .map(|v| v.to_vec()),
+            StorageBackend::Memory => self
+                .sync_state
+                .lock()
+                .expect("sync state")
+                .get(key)
+                .cloned(),
+        }
+    }
+
+    /// Saves a sync cursor. Not flushed here: it is saved after the entries it covers are durable,
+    /// and losing it to a crash only means rescanning a little more.
+    pub fn save_sync_state(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        match &self.backend {
+            StorageBackend::Sled(db) => {
+                let sled_err = |source| StoreError::Sled {
+                    store: SYNC_STATE_TREE.into(),
+                    source,
+                };
+                db.open_tree(SYNC_STATE_TREE)
+                    .map_err(sled_err)?
+                    .insert(key, value)
+                    .map_err(sled_err)?;
+            }
+            StorageBackend::Memory => {
+                self.sync_state
+                    .lock()
+                    .expect("sync state")
+                    .insert(key.to_string(), value.to_vec());
+            }
+        }
+        Ok(())
     }
 
     /// Stores opened so far.

@@ -1,0 +1,241 @@
+//! How requests reach another node. [`Transport`] is deliberately small (one request → one
+//! response) so that transports other than HTTP can be added; [`HttpTransport`] is reqwest over
+//! HTTP/1.1 or HTTPS (rustls, system roots plus an optional CA bundle).
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Connection refused, reset, DNS, TLS handshake, timeout: worth retrying.
+    #[error("cannot reach {url}: {detail}")]
+    Unreachable { url: String, detail: String },
+    #[error("invalid transport configuration: {0}")]
+    Config(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+}
+
+/// One request, relative to the transport's base URL.
+#[derive(Debug, Clone)]
+pub struct TransportRequest {
+    pub method: Method,
+    /// Path and query, starting with `/`.
+    pub path: String,
+    pub bearer: Option<String>,
+    /// `(content type, body)`.
+    pub body: Option<(&'static str, Bytes)>,
+    pub via: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct TransportResponse {
+    pub status: u16,
+    pub content_type: String,
+    pub retry_after_secs: Option<u64>,
+    pub body: Bytes,
+}
+
+#[async_trait]
+pub trait Transport: Send + Sync {
+    /// Base URL, for messages.
+    fn base_url(&self) -> &str;
+    async fn send(&self, request: TransportRequest) -> Result<TransportResponse, TransportError>;
+    /// A long-lived response (the SSE change feed): its status and the body as it arrives.
+    async fn stream(&self, request: TransportRequest) -> Result<ByteStream, TransportError>;
+}
+
+pub struct ByteStream {
+    pub status: u16,
+    pub body: BoxStream<'static, Result<Bytes, TransportError>>,
+}
+
+pub struct HttpTransport {
+    base: String,
+    client: reqwest::Client,
+    /// Without a total timeout: change feeds stay open for hours.
+    stream_client: reqwest::Client,
+}
+
+impl HttpTransport {
+    pub fn new(
+        base_url: &str,
+        ca_file: Option<&Path>,
+        timeout: Duration,
+    ) -> Result<Self, TransportError> {
+        let certificates = match ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    TransportError::Config(format!("reading CA bundle {}: {e}", path.display()))
+                })?;
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                    TransportError::Config(format!("CA bundle {}: {e}", path.display()))
+                })?
+            }
+            None => Vec::new(),
+        };
+        let build = |total: Option<Duration>| {
+            let mut builder = reqwest::Client::builder()
+                .connect_timeout(timeout.min(Duration::from_secs(10)))
+                .pool_idle_timeout(Duration::from_secs(60))
+                .user_agent(concat!("syncrelay-node/", env!("CARGO_PKG_VERSION")));
+            if let Some(t) = total {
+                builder = builder.timeout(t);
+            }
+            for cert in &certificates {
+                builder = builder.add_root_certificate(cert.clone());
+            }
+            builder
+                .build()
+                .map_err(|e| TransportError::Config(e.to_string()))
+        };
+        Ok(HttpTransport {
+            base: base_url.trim_end_matches('/').to_string(),
+            client: build(Some(timeout))?,
+            stream_client: build(None)?,
+        })
+    }
+}
+
+#[async_trait]
+impl Transport for HttpTransport {
+    fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn send(&self, request: TransportRequest) -> Result<TransportResponse, TransportError> {
+        let url = format!("{}{}", self.base, request.path);
+        let unreachable = |e: reqwest::Error| TransportError::Unreachable {
+            url: url.clone(),
+            detail: e.to_string(),
+        };
+        let response = self
+            .prepare(&self.client, &url, request)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = response.status().as_u16();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let content_type = header("content-type").unwrap_or_default();
+        let retry_after_secs = header("retry-after").and_then(|v| v.trim().parse().ok());
+        let body = response.bytes().await.map_err(unreachable)?;
+        Ok(TransportResponse {
+            status,
+            content_type,
+            retry_after_secs,
+            body,
+        })
+    }
+
+    async fn stream(&self, request: TransportRequest) -> Result<ByteStream, TransportError> {
+        let url = format!("{}{}", self.base, request.path);
+        let response = self
+            .prepare(&self.stream_client, &url, request)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| TransportError::Unreachable {
+                url: url.clone(),
+                detail: e.to_string(),
+            })?;
+        let status = response.status().as_u16();
+        let body = response
+            .bytes_stream()
+            .map_err(move |e| TransportError::Unreachable {
+                url: url.clone(),
+                detail: e.to_string(),
+            })
+            .boxed();
+        Ok(ByteStream { status, body })
+    }
+}
+
+impl HttpTransport {
+    fn prepare(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        request: TransportRequest,
+    ) -> reqwest::RequestBuilder {
+        let mut builder = match request.method {
+            Method::Get => client.get(url),
+            Method::Post => client.post(url),
+        };
+        builder = builder.header(super::VIA_HEADER, &request.via);
+        if let Some(token) = &request.bearer {
+            builder = builder.bearer_auth(token);
+        }
+        if let Some((content_type, body)) = request.body {
+            builder = builder.header("content-type", content_type).body(body);
+        }
+        builder
+    }
+}
+
+/// Incremental parser of an SSE body (LF framing, spec §4.17): complete `(event, data)` messages
+/// out of the chunks fed so far; comments and incomplete messages are kept back or dropped.
+#[derive(Default)]
+pub struct SseParser {
+    buffer: String,
+}
+
+impl SseParser {
+    pub fn feed(&mut self, chunk: &[u8]) -> Vec<(String, String)> {
+        self.buffer.push_str(&String::from_utf8_lossy(chunk));
+        let mut out = Vec::new();
+        while let Some(end) = self.buffer.find("\n\n") {
+            let message: String = self.buffer.drain(..end + 2).collect();
+            let mut event = String::from("message");
+            let mut data = Vec::new();
+            for line in message.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+                }
+            }
+            if !data.is_empty() {
+                out.push((event, data.join("\n")));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SseParser;
+
+    #[test]
+    fn sse_messages_across_chunks() {
+        let mut p = SseParser::default();
+        assert!(p.feed(b"event: hello\ndata: {\"a\":1}").is_empty());
+        let got = p.feed(b"\n\n: heartbeat 1\n\nevent: change\ndata: x\ndata: y\n\nevent: cha");
+        assert_eq!(
+            got,
+            vec![
+                ("hello".to_string(), "{\"a\":1}".to_string()),
+                ("change".to_string(), "x\ny".to_string())
+            ]
+        );
+        assert_eq!(
+            p.feed(b"nge\ndata: z\n\n"),
+            vec![("change".into(), "z".into())]
+        );
+    }
+}

@@ -1,0 +1,95 @@
+//! `GET /status`: the node's own account of its stores, links, lag and cache, as JSON. The operator
+//! reads it to fill `SyncNode` status, and `syncrelay-node status URL` prints it as a table. Public
+//! like `/health`: counts and lag only, never keys, tokens or entry contents.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Role;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// Stable id of this node (derived from its signing key), used for cycle detection.
+    pub node_id: String,
+    pub name: String,
+    pub role: Role,
+    pub version: String,
+    /// Node ids upstream of this node, nearest first (empty for an origin).
+    pub chain: Vec<String>,
+    /// Serving, and (for nodes with upstreams) connected to at least one of them.
+    pub ready: bool,
+    pub links: Vec<LinkStatus>,
+    pub stores: Vec<StoreStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheStatus>,
+    /// Entries held locally, over all stores.
+    pub entries: u64,
+    /// Largest pull lag over all links and stores (entries).
+    pub max_lag: u64,
+    /// Client writes stored locally, not yet confirmed by an upstream.
+    pub queued_writes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkKind {
+    Upstream,
+    Peer,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkStatus {
+    pub name: String,
+    pub url: String,
+    pub kind: LinkKind,
+    /// The last request to it succeeded.
+    pub connected: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds_since_success: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// This link would close a cycle; the node refuses to sync with it.
+    pub cycle: bool,
+    /// Sum of pull lag over the stores synced with this link.
+    pub lag: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreStatus {
+    pub tenant: String,
+    pub db: String,
+    pub kind: String,
+    pub entries: u64,
+    pub max_receipt_order: u64,
+    pub epoch: String,
+    pub links: Vec<StoreLinkStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreLinkStatus {
+    pub link: String,
+    pub pull_lag: u64,
+    pub push_lag: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_at: Option<i64>,
+    pub pulled: u64,
+    pub pushed: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheStatus {
+    pub max_bytes: u64,
+    pub bytes: u64,
+    pub entries: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+}

@@ -1,0 +1,329 @@
+//! The node's links to other nodes (upstreams and peers): one HTTP transport per link, one
+//! authenticated session per tenant, one [`RemoteStore`] per store, and what is known about each
+//! link's health and chain. [`Links`] also chooses which upstream serves a request (failover order).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::client::transport::{Method, TransportRequest};
+use crate::client::{HttpTransport, RemoteSession, RemoteStore, SessionOptions, Transport};
+use crate::config::{NodeConfig, RemoteConfig, UpstreamMode};
+use crate::status::{LinkKind, LinkStatus, NodeStatus, StoreLinkStatus};
+use crate::store::StoreError;
+use crate::wire::StoreId;
+
+/// How long a link that failed transiently is skipped in failover order.
+const DOWN_FOR: Duration = Duration::from_secs(15);
+/// How often the upstream's chain is re-read for cycle detection.
+const CHAIN_REFRESH: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("link {0}: {1}")]
+    Transport(String, String),
+    #[error(
+        "link {link}: joining it would close a cycle (this node {node} is already upstream of it: {chain:?})"
+    )]
+    Cycle {
+        link: String,
+        node: String,
+        chain: Vec<String>,
+    },
+}
+
+#[derive(Default)]
+struct Health {
+    connected: bool,
+    last_success_ms: Option<i64>,
+    last_error: Option<String>,
+    down_until: Option<Instant>,
+    node_id: Option<String>,
+    chain: Vec<String>,
+    chain_checked: Option<Instant>,
+    cycle: bool,
+}
+
+/// Per (link, store) sync figures.
+#[derive(Debug, Clone, Default)]
+pub struct StoreFigures {
+    pub pull_lag: u64,
+    pub push_lag: u64,
+    pub last_sync_ms: Option<i64>,
+    pub pulled: u64,
+    pub pushed: u64,
+}
+
+pub struct Link {
+    pub name: String,
+    pub url: String,
+    pub kind: LinkKind,
+    transport: Arc<dyn Transport>,
+    options: SessionOptions,
+    sessions: Mutex<HashMap<String, Arc<RemoteSession>>>,
+    stores: Mutex<HashMap<StoreId, Arc<RemoteStore>>>,
+    health: Mutex<Health>,
+    figures: Mutex<HashMap<StoreId, StoreFigures>>,
+}
+
+impl Link {
+    pub fn new(
+        remote: &RemoteConfig,
+        kind: LinkKind,
+        options: SessionOptions,
+        timeout: Duration,
+    ) -> Result<Self, LinkError> {
+        let transport = HttpTransport::new(&remote.url, remote.ca_file.as_deref(), timeout)
+            .map_err(|e| LinkError::Transport(remote.name.clone(), e.to_string()))?;
+        Ok(Self::with_transport(
+            remote,
+            kind,
+            options,
+            Arc::new(transport),
+        ))
+    }
+
+    pub fn with_transport(
+        remote: &RemoteConfig,
+        kind: LinkKind,
+        options: SessionOptions,
+        transport: Arc<dyn Transport>,
+    ) -> Self {
+        Link {
+            name: remote.name.clone(),
+            url: remote.url.clone(),
+            kind,
+            transport,
+            options,
+            sessions: Mutex::new(HashMap::new()),
+            stores: Mutex::new(HashMap::new()),
+            health: Mutex::new(Health::default()),
+            figures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn session(&self, tenant: &str) -> Arc<RemoteSession> {
+        self.sessions
+            .lock()
+            .expect("sessions")
+            .entry(tenant.to_string())
+            .or_insert_with(|| {
+                Arc::new(RemoteSession::new(
+                    &self.name,
+                    self.transport.clone(),
+                    tenant,
+                    self.options.clone(),
+                ))
+            })
+            .clone()
+    }
+
+    /// The remote store for `id` (kept, so that capabilities are negotiated once).
+    pub fn store(&self, id: &StoreId) -> Arc<RemoteStore> {
+        if let Some(s) = self.stores.lock().expect("stores").get(id) {
+            return s.clone();
+        }
+        let store = Arc::new(RemoteStore::new(self.session(&id.tenant_id), id.clone()));
+        self.stores
+            .lock()
+            .expect("stores")
+            .entry(id.clone())
+            .or_insert(store)
+            .clone()
+    }
+
+    /// HTTP requests sent through this link's sessions so far.
+    pub fn requests_sent(&self) -> u64 {
+        self.sessions
+            .lock()
+            .expect("sessions")
+            .values()
+            .map(|s| s.requests_sent())
+            .sum()
+    }
+
+    pub fn record_success(&self) {
+        let mut h = self.health.lock().expect("health");
+        h.connected = true;
+        h.last_success_ms = Some(crate::server::now_ms());
+        h.last_error = None;
+        h.down_until = None;
+    }
+
+    pub fn record_error(&self, error: &StoreError) {
+        let mut h = self.health.lock().expect("health");
+        h.last_error = Some(error.to_string());
+        if error.is_transient() {
+            h.connected = false;
+            h.down_until = Some(Instant::now() + DOWN_FOR);
+        }
+    }
+
+    fn usable(&self) -> bool {
+        let h = self.health.lock().expect("health");
+        !h.cycle && h.down_until.is_none_or(|t| Instant::now() >= t)
+    }
+
+    pub fn update_figures(&self, id: &StoreId, f: impl FnOnce(&mut StoreFigures)) {
+        f(self
+            .figures
+            .lock()
+            .expect("figures")
+            .entry(id.clone())
+            .or_default());
+    }
+
+    pub fn figures(&self, id: &StoreId) -> StoreFigures {
+        self.figures
+            .lock()
+            .expect("figures")
+            .get(id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn last_success_ms(&self) -> Option<i64> {
+        self.health.lock().expect("health").last_success_ms
+    }
+
+    /// Reads the remote's `/status` (at most every 30 s) and refuses the link when this node is
+    /// already in the remote's upstream chain. Returns the remote's id and chain.
+    pub async fn check_chain(&self, own_id: &str) -> Result<Vec<String>, LinkError> {
+        {
+            let h = self.health.lock().expect("health");
+            if let (Some(at), Some(id)) = (h.chain_checked, &h.node_id) {
+                if at.elapsed() < CHAIN_REFRESH && !h.cycle {
+                    return Ok(std::iter::once(id.clone()).chain(h.chain.clone()).collect());
+                }
+            }
+        }
+        let response = self
+            .transport
+            .send(TransportRequest {
+                method: Method::Get,
+                path: "/status".into(),
+                bearer: None,
+                body: None,
+                via: self.options.node_id.clone(),
+            })
+            .await
+            .map_err(|e| LinkError::Transport(self.name.clone(), e.to_string()))?;
+        // A plain MindooDB server has no /status and no chain: nothing to check against.
+        let remote: Option<NodeStatus> = (response.status == 200)
+            .then(|| serde_json::from_slice(&response.body).ok())
+            .flatten();
+        let mut h = self.health.lock().expect("health");
+        h.chain_checked = Some(Instant::now());
+        let Some(remote) = remote else {
+            h.node_id = Some(format!("external:{}", self.url));
+            return Ok(Vec::new());
+        };
+        let chain: Vec<String> = std::iter::once(remote.node_id.clone())
+            .chain(remote.chain.clone())
+            .collect();
+        h.node_id = Some(remote.node_id);
+        h.chain = remote.chain;
+        h.cycle = chain.iter().any(|id| id == own_id);
+        if h.cycle {
+            let e = LinkError::Cycle {
+                link: self.name.clone(),
+                node: own_id.to_string(),
+                chain,
+            };
+            h.last_error = Some(e.to_string());
+            h.connected = false;
+            return Err(e);
+        }
+        Ok(chain)
+    }
+
+    pub fn status(&self, lag: u64) -> LinkStatus {
+        let h = self.health.lock().expect("health");
+        let now = crate::server::now_ms();
+        LinkStatus {
+            name: self.name.clone(),
+            url: self.url.clone(),
+            kind: self.kind,
+            connected: h.connected,
+            node_id: h.node_id.clone(),
+            last_success_at: h.last_success_ms,
+            seconds_since_success: h
+                .last_success_ms
+                .map(|t| (now.saturating_sub(t) / 1000).max(0) as u64),
+            last_error: h.last_error.clone(),
+            cycle: h.cycle,
+            lag,
+        }
+    }
+
+    pub fn store_status(&self, id: &StoreId) -> StoreLinkStatus {
+        let f = self.figures(id);
+        StoreLinkStatus {
+            link: self.name.clone(),
+            pull_lag: f.pull_lag,
+            push_lag: f.push_lag,
+            last_sync_at: f.last_sync_ms,
+            pulled: f.pulled,
+            pushed: f.pushed,
+        }
+    }
+}
+
+/// All links of a node.
+pub struct Links {
+    pub mode: UpstreamMode,
+    pub upstreams: Vec<Arc<Link>>,
+    pub peers: Vec<Arc<Link>>,
+    pub node_id: String,
+}
+
+impl Links {
+    pub fn from_config(config: &NodeConfig, options: SessionOptions) -> Result<Self, LinkError> {
+        let timeout = Duration::from_millis(config.sync.request_timeout_ms);
+        let build = |list: &[RemoteConfig], kind| {
+            list.iter()
+                .map(|r| Link::new(r, kind, options.clone(), timeout).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Links {
+            mode: config.upstream_mode,
+            upstreams: build(&config.upstreams, LinkKind::Upstream)?,
+            peers: build(&config.peers, LinkKind::Peer)?,
+            node_id: options.node_id.clone(),
+        })
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Link>> {
+        self.upstreams.iter().chain(&self.peers)
+    }
+
+    /// Upstreams to try for a request, in order: usable ones first (failover), then the rest (a
+    /// link marked down may have come back).
+    pub fn upstream_order(&self) -> Vec<Arc<Link>> {
+        let (mut usable, rest): (Vec<_>, Vec<_>) =
+            self.upstreams.iter().cloned().partition(|l| l.usable());
+        usable.extend(
+            rest.into_iter()
+                .filter(|l| !l.health.lock().expect("h").cycle),
+        );
+        usable
+    }
+
+    /// The chain above this node: the first usable upstream's id and its chain.
+    pub fn chain(&self) -> Vec<String> {
+        self.upstreams
+            .iter()
+            .find(|l| l.usable())
+            .map(|l| {
+                let h = l.health.lock().expect("health");
+                h.node_id.iter().cloned().chain(h.chain.clone()).collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn any_upstream_connected(&self) -> bool {
+        self.upstreams
+            .iter()
+            .any(|l| l.health.lock().expect("health").connected)
+    }
+}

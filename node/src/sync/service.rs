@@ -1,0 +1,526 @@
+//! The background side of relays and peers: keeps every carried store in sync with the node's
+//! links, and forwards client writes upstream.
+//!
+//! What triggers a pass for a store: the link's SSE change feed (pull), a local change (push), and a
+//! periodic head check (both; the fallback when a feed is down). Passes with one link run one store
+//! at a time per trigger batch; cursors are persisted per (link, direction, store) with both epochs,
+//! so a restart resumes where it stopped and an idle pass costs one store-head request.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::Notify;
+
+use super::engine::{self, Admission, SyncOptions, SyncState};
+use super::links::Link;
+use crate::client::transport::SseParser;
+use crate::config::{Role, UpstreamMode};
+use crate::directory::Directory;
+use crate::server::ingest::{self, IngestInput};
+use crate::server::SharedState;
+use crate::status::LinkKind;
+use crate::store::{ContentAddressedStore, PushOutcome, StoreError};
+use crate::wire::{ChangeEventData, Entry, Rejection, StoreId, StoreKind};
+
+/// Which directions a store needs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Want {
+    pub pull: bool,
+    pub push: bool,
+}
+
+/// Stores waiting for a pass, and the bell that wakes the loop.
+#[derive(Default)]
+pub struct SyncQueue {
+    pending: Mutex<HashMap<StoreId, Want>>,
+    wake: Notify,
+}
+
+impl SyncQueue {
+    pub fn request(&self, id: StoreId, want: Want) {
+        let mut pending = self.pending.lock().expect("pending");
+        let w = pending.entry(id).or_default();
+        w.pull |= want.pull;
+        w.push |= want.push;
+        drop(pending);
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> HashMap<StoreId, Want> {
+        std::mem::take(&mut *self.pending.lock().expect("pending"))
+    }
+}
+
+/// Verifies pulled entries like pushed ones (trusted author, content hash, signature), without
+/// stamping: a relay passes its upstream's receipts through.
+pub struct DirectoryAdmission {
+    pub state: SharedState,
+    pub directory: Arc<Directory>,
+    pub store: StoreId,
+    pub link: String,
+}
+
+impl Admission for DirectoryAdmission {
+    fn admit(&self, entries: Vec<Entry>) -> (Vec<Entry>, Vec<Rejection>) {
+        let Some(tenant) = self.directory.tenant(&self.store.tenant_id) else {
+            let rejected = entries
+                .iter()
+                .map(|e| Rejection {
+                    id: e.metadata.id.clone(),
+                    reason: format!(
+                        "tenant {} is not in this node's directory",
+                        self.store.tenant_id
+                    ),
+                })
+                .collect();
+            return (Vec::new(), rejected);
+        };
+        let input = IngestInput {
+            directory: tenant,
+            db_id: &self.store.db_id,
+            witness: None,
+            now_ms: crate::server::now_ms(),
+        };
+        let plan = ingest::plan(&input, entries, &HashMap::new());
+        for (reason, rejection) in plan.reasons.iter().zip(&plan.rejected) {
+            self.state
+                .metrics
+                .verification_failures
+                .with_label_values(&[reason.label()])
+                .inc();
+            tracing::warn!(link = %self.link, store = %self.store, id = %rejection.id,
+                reason = %rejection.reason, "entry from a link rejected");
+        }
+        (plan.accepted, plan.rejected)
+    }
+}
+
+fn state_key(link: &str, direction: &str, id: &StoreId) -> String {
+    format!("{link}|{direction}|{id}")
+}
+
+fn load_state(state: &SharedState, key: &str) -> SyncState {
+    state
+        .stores
+        .load_sync_state(key)
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+fn save_state(state: &SharedState, key: &str, value: &SyncState) {
+    let bytes = serde_json::to_vec(value).expect("sync state serialises");
+    if let Err(e) = state.stores.save_sync_state(key, &bytes) {
+        tracing::warn!(error = %e, key, "cannot persist a sync cursor; the next pass rescans more");
+    }
+}
+
+/// The links a pass for one store uses: every peer, plus the upstreams per mode (the first
+/// reachable one in failover order, every one when merged).
+fn links_for_pass(state: &SharedState) -> Vec<Arc<Link>> {
+    let Some(links) = &state.links else {
+        return Vec::new();
+    };
+    let mut out: Vec<Arc<Link>> = match links.mode {
+        UpstreamMode::Merged => links.upstreams.clone(),
+        UpstreamMode::Failover => links.upstream_order(),
+    };
+    out.extend(links.peers.iter().cloned());
+    out
+}
+
+/// Runs one pull and/or push pass of `id` with `link`.
+async fn sync_with_link(
+    state: &SharedState,
+    link: &Link,
+    id: &StoreId,
+    want: Want,
+) -> Result<(), StoreError> {
+    let local = state.stores.open(id)?;
+    let remote = link.store(id);
+    let options = SyncOptions {
+        batch_size: state.config.sync.batch_size,
+        max_in_flight: state.config.sync.max_in_flight,
+    };
+    let metrics = &state.metrics;
+    let labels = |direction: &'static str| {
+        [
+            link.name.clone(),
+            id.tenant_id.clone(),
+            id.db_id.clone(),
+            id.kind.as_str().to_string(),
+            direction.to_string(),
+        ]
+    };
+    if want.pull {
+        let key = state_key(&link.name, "pull", id);
+        let mut cursor = load_state(state, &key);
+        let admission = DirectoryAdmission {
+            state: state.clone(),
+            directory: state.directory.current(),
+            store: id.clone(),
+            link: link.name.clone(),
+        };
+        let mut persist = |s: &SyncState, _: &engine::Progress| save_state(state, &key, s);
+        let report = engine::pull_changes_from(
+            remote.as_ref(),
+            local.as_ref(),
+            &mut cursor,
+            options,
+            Some(&admission),
+            &mut persist,
+        )
+        .await?;
+        save_state(state, &key, &cursor);
+        metrics
+            .sync_entries
+            .with_label_values(&[&link.name, "pull"])
+            .inc_by(report.transferred);
+        metrics
+            .sync_bytes
+            .with_label_values(&[&link.name, "pull"])
+            .inc_by(report.bytes);
+        metrics
+            .bloom_rechecks
+            .with_label_values(&[&link.name])
+            .inc_by(report.bloom_false_positives);
+        metrics
+            .sync_lag
+            .with_label_values(&labels("pull").each_ref().map(String::as_str))
+            .set(report.lag as i64);
+        if report.transferred > 0 {
+            tracing::info!(link = %link.name, store = %id, entries = report.transferred,
+                full_scan = report.full_scan, "pulled");
+        }
+        link.update_figures(id, |f| {
+            f.pull_lag = report.lag;
+            f.pulled += report.transferred;
+            f.last_sync_ms = Some(crate::server::now_ms());
+        });
+    }
+    if want.push {
+        let key = state_key(&link.name, "push", id);
+        let mut cursor = load_state(state, &key);
+        let mut persist = |s: &SyncState, _: &engine::Progress| save_state(state, &key, s);
+        let report = engine::push_changes_to(
+            local.as_ref(),
+            remote.as_ref(),
+            &mut cursor,
+            options,
+            &mut persist,
+        )
+        .await?;
+        save_state(state, &key, &cursor);
+        for r in &report.rejected {
+            tracing::warn!(link = %link.name, store = %id, id = %r.id, reason = %r.reason,
+                "upstream rejected an entry");
+        }
+        metrics
+            .sync_entries
+            .with_label_values(&[&link.name, "push"])
+            .inc_by(report.transferred);
+        metrics
+            .sync_bytes
+            .with_label_values(&[&link.name, "push"])
+            .inc_by(report.bytes);
+        metrics
+            .sync_lag
+            .with_label_values(&labels("push").each_ref().map(String::as_str))
+            .set(report.lag as i64);
+        if report.transferred > 0 {
+            tracing::info!(link = %link.name, store = %id, entries = report.transferred, "pushed");
+        }
+        link.update_figures(id, |f| {
+            f.push_lag = report.lag;
+            f.pushed += report.transferred;
+            f.last_sync_ms = Some(crate::server::now_ms());
+        });
+    }
+    Ok(())
+}
+
+/// One store, all its links.
+async fn sync_store(state: &SharedState, id: &StoreId, want: Want) {
+    let own_id = state.node_id.clone();
+    for link in links_for_pass(state) {
+        if link.kind == LinkKind::Upstream {
+            if let Err(e) = link.check_chain(&own_id).await {
+                tracing::error!(error = %e, "not syncing with this upstream");
+                state
+                    .metrics
+                    .sync_errors
+                    .with_label_values(&[&link.name, "cycle_or_unreachable"])
+                    .inc();
+                continue;
+            }
+        }
+        match sync_with_link(state, &link, id, want).await {
+            Ok(()) => {
+                link.record_success();
+                let failover = state
+                    .links
+                    .as_ref()
+                    .is_some_and(|l| l.mode == UpstreamMode::Failover);
+                if link.kind == LinkKind::Upstream && failover {
+                    // Failover: one healthy upstream is enough; skip the others but keep peers.
+                    continue_with_peers_only(state, &link, id, want).await;
+                    return;
+                }
+            }
+            Err(e) => {
+                link.record_error(&e);
+                let kind = if e.is_transient() {
+                    "transient"
+                } else {
+                    "permanent"
+                };
+                state
+                    .metrics
+                    .sync_errors
+                    .with_label_values(&[&link.name, kind])
+                    .inc();
+                tracing::warn!(link = %link.name, store = %id, error = %e, "sync pass failed");
+            }
+        }
+    }
+}
+
+async fn continue_with_peers_only(state: &SharedState, _done: &Link, id: &StoreId, want: Want) {
+    let peers: Vec<Arc<Link>> = state
+        .links
+        .as_ref()
+        .map(|l| l.peers.clone())
+        .unwrap_or_default();
+    for peer in peers {
+        match sync_with_link(state, &peer, id, want).await {
+            Ok(()) => peer.record_success(),
+            Err(e) => {
+                peer.record_error(&e);
+                tracing::warn!(link = %peer.name, store = %id, error = %e, "sync pass failed");
+            }
+        }
+    }
+}
+
+/// Stores the node carries: configured databases (both kinds) and every store opened locally.
+fn carried_stores(state: &SharedState) -> HashSet<StoreId> {
+    let mut out: HashSet<StoreId> = state
+        .stores
+        .opened()
+        .iter()
+        .map(|s| s.id().clone())
+        .collect();
+    for d in &state.config.databases {
+        for kind in [StoreKind::Docs, StoreKind::Attachments] {
+            if let Ok(id) = StoreId::new(&d.tenant, &d.db, kind) {
+                out.insert(id);
+            }
+        }
+    }
+    out
+}
+
+/// Follows one link's change feed for one tenant and store kind; every `change` event queues a
+/// pull of that database. Reconnects with backoff (1 s doubling to 60 s, reset on each event).
+async fn follow_feed(state: SharedState, link: Arc<Link>, tenant: String, kind: StoreKind) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let session = link.session(&tenant);
+        match session.open_events(kind).await {
+            Ok(mut stream) => {
+                let mut parser = SseParser::default();
+                while let Some(chunk) = stream.body.next().await {
+                    let Ok(chunk) = chunk else { break };
+                    for (event, data) in parser.feed(&chunk) {
+                        backoff = Duration::from_secs(1);
+                        if event != "change" {
+                            continue;
+                        }
+                        let Ok(change) = serde_json::from_str::<ChangeEventData>(&data) else {
+                            continue;
+                        };
+                        if let Ok(id) = StoreId::new(&tenant, &change.db_id, change.store_kind) {
+                            state.sync_queue.request(
+                                id,
+                                Want {
+                                    pull: true,
+                                    push: false,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(link = %link.name, %tenant, error = %e, "change feed unavailable");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// Nodes without a local copy (edge, passthrough) only watch their upstreams: reachability and
+/// chain (cycle) checks, every sync interval.
+async fn probe_upstreams(state: SharedState, shutdown: impl std::future::Future<Output = ()>) {
+    let Some(links) = state.links.clone() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(state.config.sync.interval_ms));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => {}
+        }
+        for link in &links.upstreams {
+            match link.check_chain(&state.node_id).await {
+                Ok(_) => link.record_success(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "upstream check failed");
+                    link.record_error(&StoreError::Upstream {
+                        upstream: link.name.clone(),
+                        message: e.to_string(),
+                        status: None,
+                        transient: true,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The background work of a node with links; returns when `shutdown` resolves.
+pub async fn run(state: SharedState, shutdown: impl std::future::Future<Output = ()>) {
+    let Some(links) = state.links.clone() else {
+        return;
+    };
+    if !state.config.role.has_local_copy() {
+        return probe_upstreams(state, shutdown).await;
+    }
+    let mut changes = state.stores.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_millis(state.config.sync.interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut feeds: HashSet<(String, String, StoreKind)> = HashSet::new();
+    let mut feed_tasks = Vec::new();
+    tokio::pin!(shutdown);
+    loop {
+        let everything = tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => true,
+            change = changes.recv() => {
+                if let Ok(change) = change {
+                    state.sync_queue.request(change.store, Want { pull: false, push: true });
+                }
+                false
+            }
+            _ = state.sync_queue.wake.notified() => false,
+        };
+        let mut work = state.sync_queue.take();
+        if everything {
+            for id in carried_stores(&state) {
+                work.insert(
+                    id,
+                    Want {
+                        pull: true,
+                        push: true,
+                    },
+                );
+            }
+        }
+        // Subscribe to the change feeds of every tenant carried.
+        let tenants: HashSet<String> = carried_stores(&state)
+            .into_iter()
+            .map(|id| id.tenant_id)
+            .collect();
+        for link in links.all() {
+            for tenant in &tenants {
+                for kind in [StoreKind::Docs, StoreKind::Attachments] {
+                    if feeds.insert((link.name.clone(), tenant.clone(), kind)) {
+                        feed_tasks.push(tokio::spawn(follow_feed(
+                            state.clone(),
+                            link.clone(),
+                            tenant.clone(),
+                            kind,
+                        )));
+                    }
+                }
+            }
+        }
+        let mut ids: Vec<(StoreId, Want)> = work.into_iter().collect();
+        ids.sort_by(|a, b| a.0.to_string().cmp(&b.0.to_string()));
+        for (id, want) in ids {
+            sync_store(&state, &id, want).await;
+        }
+        update_queue_gauge(&state).await;
+    }
+    for task in feed_tasks {
+        task.abort();
+    }
+}
+
+/// Writes awaiting the upstream: local entries past the push cursor of the first upstream.
+pub async fn queued_writes(state: &SharedState) -> u64 {
+    let Some(links) = &state.links else { return 0 };
+    if state.config.role != Role::Relay {
+        return 0;
+    }
+    let Some(first) = links.upstreams.first() else {
+        return 0;
+    };
+    let mut total = 0;
+    for store in state.stores.opened() {
+        let Ok(head) = store.get_store_head().await else {
+            continue;
+        };
+        let cursor = load_state(state, &state_key(&first.name, "push", store.id()));
+        let position = match &cursor.source_epoch {
+            Some(e) if *e == head.epoch => cursor.cursor.map_or(0, |c| c.receipt_order),
+            _ => 0,
+        };
+        total += head.max_receipt_order.saturating_sub(position);
+    }
+    total
+}
+
+async fn update_queue_gauge(state: &SharedState) {
+    if let Some(first) = state.links.as_ref().and_then(|l| l.upstreams.first()) {
+        let queued = queued_writes(state).await;
+        state
+            .metrics
+            .queued_writes
+            .with_label_values(&[&first.name])
+            .set(queued as i64);
+    }
+}
+
+/// A relay's client write: forwarded to the first reachable upstream within the forward timeout.
+/// `Ok(None)` means no upstream answered in time: the caller keeps the entries locally and the
+/// sync loop forwards them later.
+pub async fn forward_writes(
+    state: &SharedState,
+    id: &StoreId,
+    entries: Vec<Entry>,
+) -> Option<PushOutcome> {
+    let links = state.links.as_ref()?;
+    let deadline = Duration::from_millis(state.config.sync.forward_timeout_ms);
+    for link in links.upstream_order() {
+        let remote = link.store(id);
+        match tokio::time::timeout(deadline, remote.push_entries(entries.clone())).await {
+            Ok(Ok(outcome)) => {
+                link.record_success();
+                return Some(outcome);
+            }
+            Ok(Err(e)) => {
+                // Whatever went wrong upstream, the write is not lost: it is kept and queued.
+                link.record_error(&e);
+                tracing::warn!(link = %link.name, error = %e, "upstream did not take the write; trying the next");
+            }
+            Err(_) => {
+                tracing::warn!(link = %link.name, "upstream too slow; queueing the write");
+            }
+        }
+    }
+    None
+}

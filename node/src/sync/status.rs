@@ -1,0 +1,73 @@
+//! Builds the `/status` report ([`crate::status::NodeStatus`]) from the node's stores and links.
+
+use crate::config::Role;
+use crate::server::SharedState;
+use crate::status::{NodeStatus, StoreStatus};
+
+pub async fn node_status(state: &SharedState) -> NodeStatus {
+    let mut stores = Vec::new();
+    let mut entries = 0;
+    let mut max_lag = 0;
+    let mut opened = state.stores.opened();
+    opened.sort_by_key(|s| s.id().to_string());
+    for store in opened {
+        let id = store.id().clone();
+        let stats = store.stats().await.unwrap_or_default();
+        let head = store.get_store_head().await.ok();
+        let links: Vec<_> = state
+            .links
+            .iter()
+            .flat_map(|l| l.all())
+            .map(|l| l.store_status(&id))
+            .collect();
+        max_lag = links.iter().map(|l| l.pull_lag).fold(max_lag, u64::max);
+        entries += stats.entries;
+        stores.push(StoreStatus {
+            tenant: id.tenant_id.clone(),
+            db: id.db_id.clone(),
+            kind: id.kind.as_str().to_string(),
+            entries: stats.entries,
+            max_receipt_order: head.as_ref().map_or(0, |h| h.max_receipt_order),
+            epoch: head.map(|h| h.epoch).unwrap_or_default(),
+            links,
+        });
+    }
+    let links = match &state.links {
+        Some(l) => l
+            .all()
+            .map(|link| {
+                let lag = stores
+                    .iter()
+                    .flat_map(|s| &s.links)
+                    .filter(|s| s.link == link.name)
+                    .map(|s| s.pull_lag)
+                    .sum();
+                link.status(lag)
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let needs_upstream = matches!(
+        state.config.role,
+        Role::Relay | Role::Edge | Role::Passthrough
+    );
+    let ready = !needs_upstream
+        || state
+            .links
+            .as_ref()
+            .is_some_and(|l| l.any_upstream_connected());
+    NodeStatus {
+        node_id: state.node_id.clone(),
+        name: state.config.name.clone(),
+        role: state.config.role,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        chain: state.links.as_ref().map(|l| l.chain()).unwrap_or_default(),
+        ready,
+        links,
+        stores,
+        cache: state.cache.as_ref().map(|c| c.status()),
+        entries,
+        max_lag,
+        queued_writes: crate::sync::service::queued_writes(state).await,
+    }
+}
