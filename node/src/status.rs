@@ -81,6 +81,8 @@ pub struct StoreLinkStatus {
     pub last_sync_at: Option<i64>,
     pub pulled: u64,
     pub pushed: u64,
+    /// Passes that started from the beginning (first sync or an epoch change).
+    pub full_scans: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

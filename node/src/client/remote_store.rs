@@ -519,6 +519,7 @@ mod tests {
                 received_date_signature: None,
                 attachment_refs: None,
                 provenance: None,
+                recipients: None,
                 entry_version: None,
             },
             encrypted_data: data,

@@ -52,6 +52,8 @@ pub struct StoreFigures {
     pub last_sync_ms: Option<i64>,
     pub pulled: u64,
     pub pushed: u64,
+    /// Passes that started from the beginning (first sync or an epoch change).
+    pub full_scans: u64,
 }
 
 pub struct Link {
@@ -265,6 +267,7 @@ impl Link {
             last_sync_at: f.last_sync_ms,
             pulled: f.pulled,
             pushed: f.pushed,
+            full_scans: f.full_scans,
         }
     }
 }

@@ -196,6 +196,7 @@ async fn sync_with_link(
         link.update_figures(id, |f| {
             f.pull_lag = report.lag;
             f.pulled += report.transferred;
+            f.full_scans += u64::from(report.full_scan);
             f.last_sync_ms = Some(crate::server::now_ms());
         });
     }
@@ -234,6 +235,7 @@ async fn sync_with_link(
         link.update_figures(id, |f| {
             f.push_lag = report.lag;
             f.pushed += report.transferred;
+            f.full_scans += u64::from(report.full_scan);
             f.last_sync_ms = Some(crate::server::now_ms());
         });
     }
@@ -374,18 +376,25 @@ async fn probe_upstreams(state: SharedState, shutdown: impl std::future::Future<
             _ = &mut shutdown => return,
             _ = tick.tick() => {}
         }
-        for link in &links.upstreams {
-            match link.check_chain(&state.node_id).await {
-                Ok(_) => link.record_success(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "upstream check failed");
-                    link.record_error(&StoreError::Upstream {
-                        upstream: link.name.clone(),
-                        message: e.to_string(),
-                        status: None,
-                        transient: true,
-                    });
-                }
+        check_upstreams(&state, &links.upstreams, true).await;
+    }
+}
+
+/// Reads each upstream's chain (cached for a while by the link) and records the outcome; a link
+/// that would close a cycle is marked and skipped from then on.
+async fn check_upstreams(state: &SharedState, upstreams: &[Arc<Link>], record_success: bool) {
+    for link in upstreams {
+        match link.check_chain(&state.node_id).await {
+            Ok(_) if record_success => link.record_success(),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "upstream check failed");
+                link.record_error(&StoreError::Upstream {
+                    upstream: link.name.clone(),
+                    message: e.to_string(),
+                    status: None,
+                    transient: true,
+                });
             }
         }
     }
@@ -419,6 +428,7 @@ pub async fn run(state: SharedState, shutdown: impl std::future::Future<Output =
         };
         let mut work = state.sync_queue.take();
         if everything {
+            check_upstreams(&state, &links.upstreams, false).await;
             for id in carried_stores(&state) {
                 work.insert(
                     id,

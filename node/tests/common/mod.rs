@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -142,6 +144,12 @@ impl Node {
         }
     }
 
+    /// SIGKILL in place (the folder is kept by its owner).
+    pub fn stop_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGKILL, no chance to flush.
     pub fn kill9(mut self) {
         let _ = self.child.kill();
@@ -253,6 +261,15 @@ impl Client {
 
 /// A signed (v2 + legacy) doc entry by `author`, like the reference client writes.
 pub fn signed_entry(author: &str, doc: &str, n: usize, payload_len: usize) -> Entry {
+    let payload: Vec<u8> = (0..payload_len)
+        .map(|i| ((i * 31 + n * 7) % 251) as u8)
+        .collect();
+    signed_payload_entry(author, doc, n, payload)
+}
+
+/// A signed entry whose stored payload is `payload` (e.g. an AES-GCM ciphertext).
+pub fn signed_payload_entry(author: &str, doc: &str, n: usize, payload: Vec<u8>) -> Entry {
+    let payload_len = payload.len();
     let k = keys();
     let key = SigningKey::from_pkcs8_pem(
         k["identities"][author]["signingPrivateKeyPkcs8"]
@@ -264,9 +281,6 @@ pub fn signed_entry(author: &str, doc: &str, n: usize, payload_len: usize) -> En
         .as_str()
         .unwrap()
         .to_string();
-    let payload: Vec<u8> = (0..payload_len)
-        .map(|i| ((i * 31 + n * 7) % 251) as u8)
-        .collect();
     let mut metadata = EntryMetadata {
         entry_type: if n == 0 { "doc_create" } else { "doc_change" }.into(),
         id: format!("{doc}_d_{n:08x}_{}", &content_hash(&payload)[..16]),

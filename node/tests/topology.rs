@@ -1,0 +1,322 @@
+//! Topologies of real `syncrelay-node` processes on loopback (issue: node part 2): relay
+//! store-and-forward without payload keys, an origin → relay → edge chain, an upstream outage, a
+//! tampered entry from upstream, revocation at every hop, a four-peer mesh, and a refused cycle.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::cluster::Cluster;
+use common::{eventually, signed_payload_entry, DB};
+use syncrelay_node::crypto::transport::{aes_decrypt, aes_encrypt};
+use syncrelay_node::wire::Entry;
+
+/// The tenant's payload key: known to Alice and Bob (Carol's role), never to a node.
+const PAYLOAD_KEY: [u8; 32] = *b"alice-and-bob-share-this-key-32b";
+
+/// Entries whose payload is `iv ‖ AES-256-GCM(PAYLOAD_KEY, "secret note <tag> <n>")`.
+fn encrypted_entries(tag: &str, count: usize) -> Vec<Entry> {
+    (0..count)
+        .map(|n| {
+            let iv = [n as u8; 12];
+            let plaintext = format!("secret note {tag} {n}");
+            let mut payload = iv.to_vec();
+            payload.extend(aes_encrypt(&PAYLOAD_KEY, &iv, plaintext.as_bytes()));
+            signed_payload_entry("alice", &format!("doc-{tag}"), n, payload)
+        })
+        .collect()
+}
+
+fn decrypt(entry: &Entry) -> String {
+    let (iv, sealed) = entry.encrypted_data.split_at(12);
+    String::from_utf8(aes_decrypt(&PAYLOAD_KEY, iv, sealed).unwrap()).unwrap()
+}
+
+fn ids(entries: &[Entry]) -> Vec<String> {
+    entries.iter().map(|e| e.metadata.id.clone()).collect()
+}
+
+/// Every file under `dir`, concatenated.
+fn all_bytes(dir: &std::path::Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(all_bytes(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            out.extend(bytes);
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_stores_and_forwards_ciphertext_it_cannot_read() {
+    let mut c = Cluster::new(&["origin", "relay"]);
+    c.configure(0, "role: origin\n");
+    c.configure(1, &format!("role: relay\n{}", c.remotes("upstreams", &[0])));
+    c.start(0);
+    c.start(1);
+
+    let mut alice = c.client(1);
+    alice.login("alice").await;
+    let written = encrypted_entries("relay", 20);
+    let answer = alice.push(DB, &written).await;
+    assert_eq!(answer["rejected"].as_array().unwrap().len(), 0, "{answer}");
+    // The upstream was reachable: the receipts are the origin's witness stamps.
+    let origin_pem = c.members[0].identity.signing_public_pem.clone();
+    for receipt in answer["receipts"].as_array().unwrap() {
+        assert_eq!(
+            receipt["receivedByPublicKey"].as_str(),
+            Some(origin_pem.as_str())
+        );
+    }
+
+    // Carol (bob) reads at the relay and at the origin, and decrypts with the tenant key.
+    let mut carol_relay = c.client(1);
+    carol_relay.login("bob").await;
+    let got = carol_relay.fetch(DB, &ids(&written), "bob").await;
+    assert_eq!(got.len(), 20);
+    assert_eq!(decrypt(&got[3]), "secret note relay 3");
+    let mut carol_origin = c.client(0);
+    carol_origin.login("bob").await;
+    assert_eq!(carol_origin.ids(DB).await.len(), 20);
+
+    // Writes at the origin reach the relay through its change feed subscription.
+    let later = encrypted_entries("from-origin", 5);
+    carol_origin.push(DB, &later).await;
+    eventually("origin writes pulled by the relay", || async {
+        carol_relay.ids(DB).await.len() == 25
+    })
+    .await;
+
+    // The relay holds only ciphertext and no key that opens it.
+    let bytes = all_bytes(&c.dir(1));
+    for n in 0..20 {
+        assert!(!contains(
+            &bytes,
+            format!("secret note relay {n}").as_bytes()
+        ));
+    }
+    assert!(
+        !contains(&bytes, &PAYLOAD_KEY),
+        "payload key on the relay's disk"
+    );
+    assert!(
+        contains(&bytes, &written[0].encrypted_data[12..40]),
+        "ciphertext is stored"
+    );
+
+    let status = c.status(1).await;
+    assert_eq!(status["role"], "relay");
+    assert_eq!(status["ready"], true);
+    assert_eq!(status["chain"][0], c.status(0).await["nodeId"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_hop_chain_carries_writes_both_ways() {
+    let mut c = Cluster::new(&["origin", "relay", "edge1", "edge2"]);
+    c.configure(0, "role: origin\n");
+    c.configure(1, &format!("role: relay\n{}", c.remotes("upstreams", &[0])));
+    c.configure(2, &format!("role: edge\n{}", c.remotes("upstreams", &[1])));
+    c.configure(3, &format!("role: edge\n{}", c.remotes("upstreams", &[1])));
+    for i in 0..4 {
+        c.start(i);
+    }
+    let mut alice = c.client(2);
+    alice.login("alice").await;
+    let written = encrypted_entries("chain", 30);
+    let answer = alice.push(DB, &written).await;
+    assert_eq!(answer["receipts"].as_array().unwrap().len(), 30, "{answer}");
+
+    // Read at the origin and at the other edge.
+    let mut at_origin = c.client(0);
+    at_origin.login("bob").await;
+    eventually("the origin has the edge's writes", || async {
+        at_origin.ids(DB).await.len() == 30
+    })
+    .await;
+    let mut at_edge2 = c.client(3);
+    at_edge2.login("bob").await;
+    let expected: BTreeSet<String> = ids(&written).into_iter().collect();
+    let seen: BTreeSet<String> = at_edge2.ids(DB).await.into_iter().collect();
+    assert_eq!(seen, expected);
+    let first = at_edge2.fetch(DB, &ids(&written), "bob").await;
+    assert_eq!(decrypt(&first[7]), "secret note chain 7");
+    // A second read is served from the edge's cache.
+    let again = at_edge2.fetch(DB, &ids(&written), "bob").await;
+    assert_eq!(ids(&again), ids(&first));
+    let cache = &c.status(3).await["cache"];
+    assert!(cache["hits"].as_u64().unwrap() >= 30, "{cache}");
+    assert!(cache["misses"].as_u64().unwrap() >= 30, "{cache}");
+    assert!(cache["bytes"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_rides_out_an_upstream_outage() {
+    let mut c = Cluster::new(&["origin", "relay"]);
+    c.configure(0, "role: origin\n");
+    c.configure(1, &format!("role: relay\n{}", c.remotes("upstreams", &[0])));
+    c.start(0);
+    c.start(1);
+    let mut alice = c.client(1);
+    alice.login("alice").await;
+    let before = encrypted_entries("before", 10);
+    alice.push(DB, &before).await;
+    let mut at_origin = c.client(0);
+    at_origin.login("bob").await;
+    assert_eq!(at_origin.ids(DB).await.len(), 10);
+    eventually("the relay pulled once", || async {
+        let s = c.status(1).await;
+        s["stores"][0]["links"][0]["lastSyncAt"].is_number()
+    })
+    .await;
+    let scans_before = c.status(1).await["stores"][0]["links"][0]["fullScans"]
+        .as_u64()
+        .unwrap();
+
+    c.kill(0);
+    // Reads and writes keep working at the relay.
+    assert_eq!(alice.fetch(DB, &ids(&before), "alice").await.len(), 10);
+    let during = encrypted_entries("during", 10);
+    let answer = alice.push(DB, &during).await;
+    assert_eq!(answer["receipts"].as_array().unwrap().len(), 10);
+    assert!(
+        answer["receipts"][0]["receivedAt"].is_null(),
+        "no witness while the origin is away"
+    );
+    eventually("the writes are reported as queued", || async {
+        c.status(1).await["queuedWrites"].as_u64().unwrap() >= 10
+    })
+    .await;
+
+    c.start(0);
+    let mut at_origin = c.client(0);
+    at_origin.login("bob").await;
+    eventually("queued writes reached the origin", || async {
+        at_origin.ids(DB).await.len() == 20
+    })
+    .await;
+    let all: Vec<String> = at_origin.ids(DB).await;
+    let unique: BTreeSet<&String> = all.iter().collect();
+    assert_eq!(unique.len(), 20, "nothing duplicated");
+    eventually("the queue drained", || async {
+        c.status(1).await["queuedWrites"].as_u64() == Some(0)
+    })
+    .await;
+    let scans_after = c.status(1).await["stores"][0]["links"][0]["fullScans"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        scans_after, scans_before,
+        "cursors resumed: no full re-scan"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoked_user_is_refused_at_every_hop() {
+    let mut c = Cluster::new(&["origin", "relay", "edge"]);
+    c.configure(0, "role: origin\n");
+    c.configure(1, &format!("role: relay\n{}", c.remotes("upstreams", &[0])));
+    c.configure(2, &format!("role: edge\n{}", c.remotes("upstreams", &[1])));
+    for i in 0..3 {
+        c.start(i);
+    }
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let mut client = c.client(i);
+        client.login("alice").await;
+        assert_eq!(client.ids(DB).await.len(), 0);
+        clients.push(client);
+    }
+    c.write_directory(true);
+    for client in &clients {
+        let r = client
+            .sync("getStoreHead", serde_json::json!({"dbId": DB}))
+            .await;
+        assert_eq!(r.status, 401, "{}", r.text());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn four_peers_converge() {
+    let mut c = Cluster::new(&["p0", "p1", "p2", "p3"]);
+    for i in 0..4 {
+        let others: Vec<usize> = (0..4).filter(|&j| j != i).collect();
+        c.configure(i, &format!("role: peer\n{}", c.remotes("peers", &others)));
+    }
+    for i in 0..4 {
+        c.start(i);
+    }
+    let mut expected = BTreeSet::new();
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let mut client = c.client(i);
+        client.login("alice").await;
+        let written = encrypted_entries(&format!("peer{i}"), 5 + i * 3);
+        client.push(DB, &written).await;
+        expected.extend(ids(&written));
+        clients.push(client);
+    }
+    for (i, client) in clients.iter().enumerate() {
+        eventually(&format!("peer {i} holds everything"), || async {
+            client.ids(DB).await.into_iter().collect::<BTreeSet<_>>() == expected
+        })
+        .await;
+        // Stored once, whatever the number of peers it arrived from.
+        assert_eq!(client.ids(DB).await.len(), expected.len());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cycle_of_relays_is_refused() {
+    let mut c = Cluster::new(&["a", "b"]);
+    c.configure(0, &format!("role: relay\n{}", c.remotes("upstreams", &[1])));
+    c.configure(1, &format!("role: relay\n{}", c.remotes("upstreams", &[0])));
+    c.start(0);
+    c.start(1);
+    eventually("one of them detects the cycle", || async {
+        let mut found = false;
+        for i in 0..2 {
+            let s = c.status(i).await;
+            if let Some(link) = s["links"].as_array().unwrap().first() {
+                if link["cycle"] == true {
+                    let error = link["lastError"].as_str().unwrap_or("");
+                    assert!(error.contains("cycle"), "{error}");
+                    found = true;
+                }
+            }
+        }
+        found
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_passthrough_loop_answers_508() {
+    let mut c = Cluster::new(&["a", "b"]);
+    c.configure(
+        0,
+        &format!("role: passthrough\n{}", c.remotes("upstreams", &[1])),
+    );
+    c.configure(
+        1,
+        &format!("role: passthrough\n{}", c.remotes("upstreams", &[0])),
+    );
+    c.start(0);
+    c.start(1);
+    let mut client = c.client(0);
+    client.login("alice").await;
+    let r = client
+        .sync("getStoreHead", serde_json::json!({"dbId": DB}))
+        .await;
+    assert_eq!(r.status, 508, "{}", r.text());
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("Loop detected"));
+}
