@@ -320,3 +320,102 @@ async fn a_passthrough_loop_answers_508() {
         .unwrap()
         .contains("Loop detected"));
 }
+
+/// Requests an endpoint has served, from a node's /metrics.
+async fn served(c: &Cluster, i: usize, endpoint: &str) -> u64 {
+    let text = c.client(i).get("/metrics").await.text();
+    let needle = format!("endpoint=\"{endpoint}\"");
+    text.lines()
+        .filter(|l| l.starts_with("syncrelay_http_requests_total") && l.contains(&needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_relay_only_asks_for_store_heads() {
+    let mut c = Cluster::new(&["origin", "relay"]);
+    c.configure(0, "role: origin\n");
+    c.configure(1, &format!("role: relay\n{}", c.remotes("upstreams", &[0])));
+    c.start(0);
+    c.start(1);
+    let mut alice = c.client(1);
+    alice.login("alice").await;
+    alice.push(DB, &encrypted_entries("idle", 40)).await;
+    let busy = [
+        "sync/docs/scanEntriesSince",
+        "sync/docs/hasEntries",
+        "sync/docs/getEntriesBinary",
+        "sync/docs/putEntriesBinary",
+        "sync/docs/getIdBloomSummary",
+    ];
+    // Wait for a window of several sync ticks in which the origin saw no work requests at all.
+    let heads = std::sync::Mutex::new((0, 0));
+    eventually("the relay settles", || async {
+        let before: Vec<u64> =
+            futures::future::join_all(busy.iter().map(|e| served(&c, 0, e))).await;
+        let h0 = served(&c, 0, "sync/docs/getStoreHead").await;
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let after: Vec<u64> =
+            futures::future::join_all(busy.iter().map(|e| served(&c, 0, e))).await;
+        *heads.lock().unwrap() = (h0, served(&c, 0, "sync/docs/getStoreHead").await);
+        before == after
+    })
+    .await;
+    let heads = *heads.lock().unwrap();
+    assert!(
+        heads.1 > heads.0,
+        "idle passes still check the store head: {heads:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tampered_entries_from_upstream_never_reach_a_client() {
+    use syncrelay_node::config::NodeConfig;
+    use syncrelay_node::wire::{content_hash, StoreId, StoreKind};
+
+    let mut c = Cluster::new(&["evil", "relay"]);
+    // The upstream runs in this process so that the test can write into its store directly,
+    // bypassing the verification a real node does on ingest.
+    c.configure(0, "role: origin\nstorage: {kind: memory}\n");
+    c.configure(1, &format!("role: relay\n{}", c.remotes("upstreams", &[0])));
+    let config = NodeConfig::load(&c.dir(0).join("node.yaml")).unwrap();
+    let state = syncrelay_node::node::build_state(config).unwrap();
+    let good = encrypted_entries("tamper", 3);
+    let mut payload_forged = good[1].clone();
+    payload_forged.encrypted_data[20] ^= 0xff;
+    payload_forged.metadata.content_hash = content_hash(&payload_forged.encrypted_data);
+    let mut metadata_forged = good[2].clone();
+    metadata_forged.metadata.doc_id = "someone-elses-doc".into();
+    let store = state
+        .stores
+        .open(&StoreId::new(common::TENANT, DB, StoreKind::Docs).unwrap())
+        .unwrap();
+    store
+        .put_entries(vec![good[0].clone(), payload_forged, metadata_forged])
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(syncrelay_node::node::run(state, async move {
+        let _ = stopped.await;
+    }));
+
+    c.start(1);
+    let mut carol = c.client(1);
+    carol.login("bob").await;
+    carol.ids(DB).await; // touching the database makes the relay carry it
+    eventually("the relay pulled from the upstream", || async {
+        c.status(1).await["stores"][0]["links"][0]["lastSyncAt"].is_number()
+    })
+    .await;
+    assert_eq!(carol.ids(DB).await, vec![good[0].metadata.id.clone()]);
+    let metrics = c.client(1).get("/metrics").await.text();
+    let rejected: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("syncrelay_verification_failures_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(rejected >= 2, "{metrics}");
+    drop(c); // the relay's change feed would otherwise hold the upstream's graceful shutdown
+    let _ = stop.send(());
+    let _ = server.await;
+}

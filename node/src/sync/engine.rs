@@ -271,10 +271,11 @@ async fn move_entries(
                 Some(a) => a.admit(entries),
                 None => (entries, Vec::new()),
             };
-            let count = entries.len() as u64;
+            let mut count = entries.len() as u64;
             let bytes = entries.iter().map(|e| e.encrypted_data.len() as u64).sum();
             if !entries.is_empty() {
                 let outcome = target.push_entries(entries).await?;
+                count = count.saturating_sub(outcome.rejected.len() as u64);
                 rejected.extend(outcome.rejected);
             }
             Ok::<_, StoreError>((count, bytes, rejected))
@@ -283,7 +284,7 @@ async fn move_entries(
         .try_collect()
         .await?;
     for (count, bytes, rejected) in results {
-        report.transferred += count - rejected.len().min(count as usize) as u64;
+        report.transferred += count;
         report.bytes += bytes;
         report.rejected.extend(rejected);
     }
@@ -317,4 +318,136 @@ async fn baseline(
     );
     report.idle = report.scanned == 0;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::contract_tests::entry;
+    use crate::store::memory::MemoryStore;
+    use crate::wire::{StoreId, StoreKind};
+    use tokio::sync::broadcast;
+
+    fn store() -> MemoryStore {
+        let id = StoreId::new("t", "db", StoreKind::Docs).unwrap();
+        MemoryStore::new(id, broadcast::channel(16).0)
+    }
+
+    fn entries(prefix: &str, n: usize) -> Vec<Entry> {
+        (0..n)
+            .map(|i| {
+                let id = format!("{prefix}{i:05}");
+                entry(&id, "doc", &[], "doc_change", id.as_bytes())
+            })
+            .collect()
+    }
+
+    /// Rejects ids ending in 7, like a verifier refusing a forged entry.
+    struct RefuseSevens;
+    impl Admission for RefuseSevens {
+        fn admit(&self, entries: Vec<Entry>) -> (Vec<Entry>, Vec<Rejection>) {
+            let (bad, good): (Vec<_>, Vec<_>) = entries
+                .into_iter()
+                .partition(|e| e.metadata.id.ends_with('7'));
+            let rejected = bad
+                .into_iter()
+                .map(|e| Rejection {
+                    id: e.metadata.id,
+                    reason: "forged".into(),
+                })
+                .collect();
+            (good, rejected)
+        }
+    }
+
+    async fn pass(a: &MemoryStore, b: &MemoryStore, state: &mut SyncState) -> SyncReport {
+        let mut pages = 0;
+        let mut hook = |_: &SyncState, _: &Progress| pages += 1;
+        transfer(a, b, state, SyncOptions::default(), None, &mut hook)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn first_pass_copies_everything_then_idle_then_incremental() {
+        let (a, b) = (store(), store());
+        a.put_entries(entries("a", 2_500)).await.unwrap();
+        b.put_entries(entries("a", 10)).await.unwrap(); // some already there
+        let mut state = SyncState::default();
+        let first = pass(&a, &b, &mut state).await;
+        assert!(first.full_scan && !first.idle);
+        assert_eq!(
+            (first.scanned, first.transferred, first.lag),
+            (2_500, 2_490, 0)
+        );
+        assert_eq!(b.get_all_ids().await.unwrap().len(), 2_500);
+        assert_eq!(state.cursor.as_ref().unwrap().receipt_order, 2_500);
+
+        let idle = pass(&a, &b, &mut state).await;
+        assert!(idle.idle);
+        assert_eq!(idle.scanned, 0);
+
+        a.put_entries(entries("n", 5)).await.unwrap();
+        let more = pass(&a, &b, &mut state).await;
+        assert!(!more.full_scan && !more.idle);
+        assert_eq!((more.scanned, more.transferred), (5, 5));
+    }
+
+    #[tokio::test]
+    async fn an_epoch_change_rescans_from_the_start() {
+        let (a, b) = (store(), store());
+        a.put_entries(entries("a", 50)).await.unwrap();
+        let mut state = SyncState::default();
+        pass(&a, &b, &mut state).await;
+        // The target was wiped: a new store with a new epoch.
+        let fresh = store();
+        let report = pass(&a, &fresh, &mut state).await;
+        assert!(report.full_scan);
+        assert_eq!(report.transferred, 50);
+        assert_eq!(fresh.get_all_ids().await.unwrap().len(), 50);
+    }
+
+    #[tokio::test]
+    async fn rejected_entries_are_reported_and_do_not_block_the_cursor() {
+        let (a, b) = (store(), store());
+        a.put_entries(entries("a", 30)).await.unwrap();
+        let mut state = SyncState::default();
+        let mut hook = |_: &SyncState, _: &Progress| {};
+        let report = transfer(
+            &a,
+            &b,
+            &mut state,
+            SyncOptions::default(),
+            Some(&RefuseSevens),
+            &mut hook,
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.rejected.len(), 3);
+        assert_eq!(report.transferred, 27);
+        assert_eq!(report.lag, 0);
+        assert!(!b
+            .get_all_ids()
+            .await
+            .unwrap()
+            .iter()
+            .any(|id| id.ends_with('7')));
+    }
+
+    #[tokio::test]
+    async fn large_first_pass_uses_the_targets_bloom_summary() {
+        let (a, b) = (store(), store());
+        a.put_entries(entries("a", 3_000)).await.unwrap();
+        b.put_entries(entries("a", 1_500)).await.unwrap();
+        let mut state = SyncState::default();
+        let report = pass(&a, &b, &mut state).await;
+        assert_eq!(report.transferred, 1_500);
+        // bloom-v1 targets a 1 % false-positive rate: a handful of rechecks, not hundreds.
+        assert!(
+            report.bloom_false_positives < 100,
+            "{}",
+            report.bloom_false_positives
+        );
+        assert_eq!(b.get_all_ids().await.unwrap().len(), 3_000);
+    }
 }
