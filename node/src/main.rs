@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use syncrelay_node::config::{LogFormat, NodeConfig};
 use syncrelay_node::crypto::keys::Identity;
 use syncrelay_node::directory::{ServerEntry, UserEntry};
+use syncrelay_node::tools;
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +23,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start an origin, a relay and an edge on loopback (temporary sled stores) and show Alice's
+    /// encrypted notes travelling to Carol through nodes that cannot read them.
+    Demo {
+        /// Notes Alice writes.
+        #[arg(long, default_value_t = 200)]
+        entries: usize,
+        /// Notes per push.
+        #[arg(long, default_value_t = 25)]
+        batch: usize,
+    },
     /// Run the node. Without flags: an origin on 127.0.0.1:1661 with its sled store under ./data.
     Serve {
         /// Node configuration (YAML); flags override its values.
@@ -40,6 +51,39 @@ enum Command {
         #[arg(long, value_enum)]
         log_format: Option<LogFormatArg>,
     },
+    /// Pull or push one database between a local sled store and a node, acting as a user or node
+    /// whose keys are in --keys. Repeated runs are incremental (the cursor is kept locally).
+    Sync {
+        #[arg(value_enum)]
+        direction: DirectionArg,
+        /// Base URL of the node, e.g. https://relay.example:1661
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        db: String,
+        /// Store kind.
+        #[arg(long, default_value = "docs")]
+        kind: String,
+        /// Folder of the local sled store.
+        #[arg(long)]
+        local: PathBuf,
+        /// Folder with signing.pem and encryption.pem (as written by keygen).
+        #[arg(long)]
+        keys: PathBuf,
+        /// Username the keys are registered under in the node's directory.
+        #[arg(long)]
+        username: String,
+        /// PEM bundle of CAs to trust for an https URL.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
+    /// Print a node's stores, links, lag and cache as tables (from its /status).
+    Status {
+        /// Base URL of the node.
+        url: String,
+    },
     /// Generate an Ed25519 signing key and an RSA-3072 encryption key (PKCS#8 PEM, mode 0600) and
     /// print the matching directory entry.
     Keygen {
@@ -53,6 +97,12 @@ enum Command {
         #[arg(long)]
         server: bool,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DirectionArg {
+    Pull,
+    Push,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -75,6 +125,19 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Demo { entries, batch } => {
+            // Quiet logs: the demo tells its own story on stdout.
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(syncrelay_node::demo::run(
+                syncrelay_node::demo::DemoOptions { entries, batch },
+            ))
+        }
         Command::Serve {
             config,
             listen,
@@ -108,6 +171,40 @@ fn main() -> anyhow::Result<()> {
                 let state = syncrelay_node::node::build_state(cfg)?;
                 syncrelay_node::node::run(state, syncrelay_node::node::shutdown_signal()).await
             })
+        }
+        Command::Sync {
+            direction,
+            url,
+            tenant,
+            db,
+            kind,
+            local,
+            keys,
+            username,
+            ca_file,
+        } => {
+            init_logging(LogFormat::Text);
+            let kind = syncrelay_node::wire::StoreKind::parse(&kind)
+                .with_context(|| format!("unknown store kind {kind} (docs or attachments)"))?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(tools::sync(tools::SyncArgs {
+                direction: match direction {
+                    DirectionArg::Pull => tools::Direction::Pull,
+                    DirectionArg::Push => tools::Direction::Push,
+                },
+                url: &url,
+                tenant: &tenant,
+                db: &db,
+                kind,
+                local: &local,
+                keys: &keys,
+                username: &username,
+                ca_file: ca_file.as_deref(),
+            }))
+        }
+        Command::Status { url } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(tools::status(&url))
         }
         Command::Keygen { out, name, server } => {
             eprintln!("generating Ed25519 and RSA-3072 keys (RSA takes a few seconds)...");

@@ -127,13 +127,30 @@ pub fn build_state(config: NodeConfig) -> anyhow::Result<SharedState> {
     }))
 }
 
-/// Serves until `shutdown` resolves, then drains requests and flushes the store.
+/// Binds the configured address and serves until `shutdown` resolves.
 pub async fn run(
     state: SharedState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(state.config.listen)
         .with_context(|| format!("binding {}", state.config.listen))?;
+    let scheme = if state.config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    // One machine-readable line so that scripts and tests can find an ephemeral port.
+    println!("listening on {scheme}://{}", listener.local_addr()?);
+    serve(state, listener, shutdown).await
+}
+
+/// Serves on a bound listener until `shutdown` resolves, then drains requests, stops the sync
+/// loop and flushes the store.
+pub async fn serve(
+    state: SharedState,
+    listener: std::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let app =
@@ -144,8 +161,6 @@ pub async fn run(
     } else {
         "http"
     };
-    // One machine-readable line so that scripts and tests can find an ephemeral port.
-    println!("listening on {scheme}://{addr}");
     tracing::info!(%addr, scheme, name = %state.config.name, "syncrelay-node listening");
     let shutdown_handle = handle.clone();
     let (stop_sync, sync_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -510,6 +510,7 @@ pub async fn put_entries(
                 Some(outcome) => merge_upstream_verdict(plan.accepted, outcome, &mut response),
                 None => {
                     tracing::info!(store = %id, entries = plan.accepted.len(), "upstream away: write kept and queued");
+                    crate::sync::service::note_queued(&ctx.state, &id, plan.accepted.len() as u64);
                     plan.accepted
                 }
             }

@@ -152,13 +152,17 @@ impl Link {
         h.down_until = None;
     }
 
-    pub fn record_error(&self, error: &StoreError) {
+    /// Records a failure; returns whether it differs from the previous one (worth a log line).
+    pub fn record_error(&self, error: &StoreError) -> bool {
         let mut h = self.health.lock().expect("health");
-        h.last_error = Some(error.to_string());
+        let text = error.to_string();
+        let new = h.last_error.as_deref() != Some(text.as_str());
+        h.last_error = Some(text);
         if error.is_transient() {
             h.connected = false;
             h.down_until = Some(Instant::now() + DOWN_FOR);
         }
+        new
     }
 
     fn usable(&self) -> bool {

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use super::engine::{self, Admission, SyncOptions, SyncState};
 use super::links::Link;
 use crate::client::transport::SseParser;
-use crate::config::{Role, UpstreamMode};
+use crate::config::UpstreamMode;
 use crate::directory::Directory;
 use crate::server::ingest::{self, IngestInput};
 use crate::server::SharedState;
@@ -201,6 +201,8 @@ async fn sync_with_link(
         });
     }
     if want.push {
+        // Everything queued before this pass starts is delivered when it succeeds.
+        let queued_at_start = queued_for(state, id);
         let key = state_key(&link.name, "push", id);
         let mut cursor = load_state(state, &key);
         let mut persist = |s: &SyncState, _: &engine::Progress| save_state(state, &key, s);
@@ -213,6 +215,14 @@ async fn sync_with_link(
         )
         .await?;
         save_state(state, &key, &cursor);
+        if link.kind == LinkKind::Upstream && queued_at_start > 0 {
+            let _guard = QUEUED_LOCK.lock().expect("queued lock");
+            set_queued(
+                state,
+                id,
+                queued_for(state, id).saturating_sub(queued_at_start),
+            );
+        }
         for r in &report.rejected {
             tracing::warn!(link = %link.name, store = %id, id = %r.id, reason = %r.reason,
                 "upstream rejected an entry");
@@ -248,7 +258,7 @@ async fn sync_store(state: &SharedState, id: &StoreId, want: Want) {
     for link in links_for_pass(state) {
         if link.kind == LinkKind::Upstream {
             if let Err(e) = link.check_chain(&own_id).await {
-                tracing::error!(error = %e, "not syncing with this upstream");
+                tracing::debug!(error = %e, "not syncing with this upstream");
                 state
                     .metrics
                     .sync_errors
@@ -298,8 +308,9 @@ async fn continue_with_peers_only(state: &SharedState, _done: &Link, id: &StoreI
         match sync_with_link(state, &peer, id, want).await {
             Ok(()) => peer.record_success(),
             Err(e) => {
-                peer.record_error(&e);
-                tracing::warn!(link = %peer.name, store = %id, error = %e, "sync pass failed");
+                if peer.record_error(&e) {
+                    tracing::warn!(link = %peer.name, store = %id, error = %e, "sync pass failed");
+                }
             }
         }
     }
@@ -388,13 +399,15 @@ async fn check_upstreams(state: &SharedState, upstreams: &[Arc<Link>], record_su
             Ok(_) if record_success => link.record_success(),
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "upstream check failed");
-                link.record_error(&StoreError::Upstream {
+                let new = link.record_error(&StoreError::Upstream {
                     upstream: link.name.clone(),
                     message: e.to_string(),
                     status: None,
                     transient: true,
                 });
+                if new {
+                    tracing::warn!(error = %e, "upstream check failed");
+                }
             }
         }
     }
@@ -459,7 +472,7 @@ pub async fn run(state: SharedState, shutdown: impl std::future::Future<Output =
             }
         }
         let mut ids: Vec<(StoreId, Want)> = work.into_iter().collect();
-        ids.sort_by(|a, b| a.0.to_string().cmp(&b.0.to_string()));
+        ids.sort_by_key(|(id, _)| id.to_string());
         for (id, want) in ids {
             sync_store(&state, &id, want).await;
         }
@@ -470,28 +483,50 @@ pub async fn run(state: SharedState, shutdown: impl std::future::Future<Output =
     }
 }
 
-/// Writes awaiting the upstream: local entries past the push cursor of the first upstream.
+/// Serialises updates of the queued-writes figures (read-modify-write).
+static QUEUED_LOCK: Mutex<()> = Mutex::new(());
+
+fn queued_key(id: &StoreId) -> String {
+    format!("queued|{id}")
+}
+
+fn queued_for(state: &SharedState, id: &StoreId) -> u64 {
+    state
+        .stores
+        .load_sync_state(&queued_key(id))
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(0)
+}
+
+fn set_queued(state: &SharedState, id: &StoreId, value: u64) {
+    let bytes = serde_json::to_vec(&value).expect("serialises");
+    if let Err(e) = state.stores.save_sync_state(&queued_key(id), &bytes) {
+        tracing::warn!(error = %e, "cannot persist the queued-writes figure");
+    }
+}
+
+/// Counts client writes a relay kept without its upstream's confirmation (the data itself is in
+/// the local store; the push pass delivers it).
+pub fn note_queued(state: &SharedState, id: &StoreId, entries: u64) {
+    let _guard = QUEUED_LOCK.lock().expect("queued lock");
+    set_queued(state, id, queued_for(state, id) + entries);
+    state.sync_queue.request(
+        id.clone(),
+        Want {
+            pull: false,
+            push: true,
+        },
+    );
+}
+
+/// Client writes awaiting the upstream, over all stores.
 pub async fn queued_writes(state: &SharedState) -> u64 {
-    let Some(links) = &state.links else { return 0 };
-    if state.config.role != Role::Relay {
-        return 0;
-    }
-    let Some(first) = links.upstreams.first() else {
-        return 0;
-    };
-    let mut total = 0;
-    for store in state.stores.opened() {
-        let Ok(head) = store.get_store_head().await else {
-            continue;
-        };
-        let cursor = load_state(state, &state_key(&first.name, "push", store.id()));
-        let position = match &cursor.source_epoch {
-            Some(e) if *e == head.epoch => cursor.cursor.map_or(0, |c| c.receipt_order),
-            _ => 0,
-        };
-        total += head.max_receipt_order.saturating_sub(position);
-    }
-    total
+    state
+        .stores
+        .opened()
+        .iter()
+        .map(|s| queued_for(state, s.id()))
+        .sum()
 }
 
 async fn update_queue_gauge(state: &SharedState) {
