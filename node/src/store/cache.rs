@@ -170,13 +170,16 @@ impl CachedStore {
         let mut flights: Vec<Flight> = Vec::new();
         let mut unclaimed = Vec::new();
         for id in missing {
-            match in_flight.get(&(store.clone(), id.clone())) {
+            let key = (store.clone(), id);
+            match in_flight.get(&key) {
                 Some(f) => {
                     if !flights.iter().any(|g| g.ptr_eq(f)) {
                         flights.push(f.clone());
                     }
                 }
-                None => unclaimed.push(id),
+                // A flight may have landed between the caller's cache lookup and this lock.
+                None if self.cache.get(&key).is_some() => {}
+                None => unclaimed.push(key.1),
             }
         }
         if !unclaimed.is_empty() {
@@ -187,21 +190,25 @@ impl CachedStore {
             let fetch = async move {
                 cache.upstream_fetches.fetch_add(1, Ordering::Relaxed);
                 let result = remote.get_entries(&ids).await;
+                let mut map = HashMap::new();
+                if let Ok(entries) = &result {
+                    for e in entries {
+                        // Only what the upstream vouches for under the requested id is kept.
+                        if crate::store::check_payload(e).is_ok() {
+                            let e = Arc::new(e.clone());
+                            cache.insert(&flight_store, e.clone());
+                            map.insert(e.metadata.id.clone(), e);
+                        }
+                    }
+                }
+                // Released only after the cache holds the entries, so that a request arriving now
+                // finds them in one place or the other.
                 let mut in_flight = cache.in_flight.lock().expect("in flight");
                 for id in &ids {
                     in_flight.remove(&(flight_store.clone(), id.clone()));
                 }
                 drop(in_flight);
-                let entries = result.map_err(|e| Arc::new(e.to_string()))?;
-                let mut map = HashMap::with_capacity(entries.len());
-                for e in entries {
-                    // Only what the upstream vouches for under the requested id is kept.
-                    if crate::store::check_payload(&e).is_ok() {
-                        let e = Arc::new(e);
-                        cache.insert(&flight_store, e.clone());
-                        map.insert(e.metadata.id.clone(), e);
-                    }
-                }
+                result.map_err(|e| Arc::new(e.to_string()))?;
                 Ok(Arc::new(map))
             }
             .boxed()
@@ -268,7 +275,7 @@ impl ContentAddressedStore for CachedStore {
         }
         self.cache.count(found.len() as u64, missing.len() as u64);
         if !missing.is_empty() {
-            for flight in self.flights_for(missing) {
+            for flight in self.flights_for(missing.clone()) {
                 let fetched = flight.await.map_err(|message| StoreError::Upstream {
                     upstream: self.remote.session().upstream().to_string(),
                     message: message.to_string(),
@@ -277,6 +284,14 @@ impl ContentAddressedStore for CachedStore {
                 })?;
                 for (id, e) in fetched.iter() {
                     found.entry(id.clone()).or_insert_with(|| e.clone());
+                }
+            }
+            // Ids another request's flight delivered just before ours were claimed.
+            for id in missing {
+                if !found.contains_key(&id) {
+                    if let Some(e) = self.cache.get(&(store.clone(), id.clone())) {
+                        found.insert(id, e);
+                    }
                 }
             }
         }

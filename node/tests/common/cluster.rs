@@ -145,6 +145,10 @@ impl Cluster {
         }
     }
 
+    pub fn pid(&self, i: usize) -> u32 {
+        self.nodes[i].as_ref().expect("node running").pid()
+    }
+
     pub fn client(&self, i: usize) -> Client {
         self.nodes[i].as_ref().expect("node running").client()
     }

@@ -1,0 +1,257 @@
+//! Chain benchmark (node part 2), real `syncrelay-node` processes on loopback, side by side in one
+//! run. Run: `cargo bench -p syncrelay-node --bench chain_bench` (ENTRIES=… to change the size).
+//!
+//! 1. initial pull of ENTRIES 1 KiB entries by a client: directly from the origin vs. through
+//!    origin → relay → edge once the relay is warm (its copy complete; the edge cache cold);
+//! 2. idle re-sync of the warm relay: requests per direction and response bytes;
+//! 3. edge `getEntries` of 250 entries: cache miss vs. hit latency;
+//! 4. 50 clients asking the edge for the same 250 missing entries at once: upstream requests;
+//! 5. the edge's resident memory against its cache limit.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::*;
+use syncrelay_node::client::{HttpTransport, RemoteSession, RemoteStore, SessionOptions};
+use syncrelay_node::store::memory::MemoryStore;
+use syncrelay_node::store::ContentAddressedStore;
+use syncrelay_node::sync::engine::{self, SyncOptions, SyncState};
+use syncrelay_node::wire::{StoreId, StoreKind};
+
+const LIMITS: &str =
+    "limits: {syncPerMinute: 10000000, authPerMinute: 100000, globalExtraPerMinute: 10000000}\n";
+const EDGE_CACHE: u64 = 64 << 20;
+
+fn as_user(url: &str, user: &str, db: &str) -> Arc<RemoteStore> {
+    let session = RemoteSession::new(
+        url,
+        Arc::new(HttpTransport::new(url, None, Duration::from_secs(120)).unwrap()),
+        TENANT,
+        SessionOptions {
+            username: username(user),
+            identity: Arc::new(identity(user)),
+            node_id: format!("bench-{user}"),
+            max_attempts: 3,
+            backoff_base: Duration::from_millis(100),
+        },
+    );
+    Arc::new(RemoteStore::new(
+        Arc::new(session),
+        StoreId::new(TENANT, db, StoreKind::Docs).unwrap(),
+    ))
+}
+
+/// Pulls everything from `source` into a fresh memory store; entries per second.
+async fn pull_rate(source: &RemoteStore) -> (f64, u64) {
+    let target = MemoryStore::new(source.id().clone(), tokio::sync::broadcast::channel(4).0);
+    let mut state = SyncState::default();
+    let mut hook = |_: &SyncState, _: &engine::Progress| {};
+    let started = Instant::now();
+    let report = engine::pull_changes_from(
+        source,
+        &target,
+        &mut state,
+        SyncOptions::default(),
+        None,
+        &mut hook,
+    )
+    .await
+    .unwrap();
+    (
+        report.transferred as f64 / started.elapsed().as_secs_f64(),
+        report.transferred,
+    )
+}
+
+async fn served(c: &Cluster, i: usize, endpoint: &str) -> u64 {
+    let text = c.client(i).get("/metrics").await.text();
+    let needle = format!("endpoint=\"{endpoint}\"");
+    text.lines()
+        .filter(|l| l.starts_with("syncrelay_http_requests_total") && l.contains(&needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn main() {
+    tokio::runtime::Runtime::new().unwrap().block_on(run());
+}
+
+async fn run() {
+    let total: usize = std::env::var("ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let mut c = Cluster::new(&["origin", "relay", "edge"]);
+    c.configure(0, &format!("role: origin\n{LIMITS}"));
+    c.configure(
+        1,
+        &format!("role: relay\n{LIMITS}{}", c.remotes("upstreams", &[0])),
+    );
+    c.configure(
+        2,
+        &format!(
+            "role: edge\ncache: {{maxBytes: {EDGE_CACHE}}}\n{LIMITS}{}",
+            c.remotes("upstreams", &[1])
+        ),
+    );
+    for i in 0..3 {
+        c.start(i);
+    }
+    eprintln!("loading {total} signed 1 KiB entries into the origin...");
+    let loader = as_user(&c.url(0), "alice", "bench");
+    for chunk in (0..total).collect::<Vec<_>>().chunks(1000) {
+        let batch: Vec<_> = chunk
+            .iter()
+            .map(|&n| signed_entry("alice", &format!("doc{}", n % 997), n, 1024))
+            .collect();
+        let outcome = loader.push_entries(batch).await.unwrap();
+        assert!(outcome.rejected.is_empty());
+    }
+    eprintln!("waiting for the relay to hold a complete copy...");
+    let mut relay_reader = c.client(1);
+    relay_reader.login("bob").await;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let r = relay_reader
+            .sync("getStoreHead", serde_json::json!({"dbId": "bench"}))
+            .await;
+        if r.status == 200 && r.json()["head"]["maxReceiptOrder"].as_u64() >= Some(total as u64) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "relay did not catch up");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // 1. direct vs through the chain (edge cache cold), alternated twice.
+    let mut direct = Vec::new();
+    let mut chained = Vec::new();
+    for _ in 0..2 {
+        let (rate, n) = pull_rate(&as_user(&c.url(0), "bob", "bench")).await;
+        assert_eq!(n, total as u64);
+        direct.push(rate);
+        let (rate, n) = pull_rate(&as_user(&c.url(2), "bob", "bench")).await;
+        assert_eq!(n, total as u64);
+        chained.push(rate);
+    }
+    let best = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
+    let _ = best(&chained);
+    let edge_rss_after_pull = rss_mib(c.pid(2));
+
+    // 2. idle re-sync of the warm relay: count requests at the origin over passes with no news.
+    let passes_before = served(&c, 0, "sync/docs/getStoreHead").await;
+    let work_before = served(&c, 0, "sync/docs/scanEntriesSince").await
+        + served(&c, 0, "sync/docs/hasEntries").await
+        + served(&c, 0, "sync/docs/getEntriesBinary").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let heads = served(&c, 0, "sync/docs/getStoreHead").await - passes_before;
+    let work = served(&c, 0, "sync/docs/scanEntriesSince").await
+        + served(&c, 0, "sync/docs/hasEntries").await
+        + served(&c, 0, "sync/docs/getEntriesBinary").await
+        - work_before;
+    let head_body = relay_reader
+        .sync("getStoreHead", serde_json::json!({"dbId": "bench"}))
+        .await
+        .body
+        .len();
+
+    // Fresh entries the edge has never seen (written at the origin, pulled by the relay).
+    let fresh: Vec<_> = (total..total + 2250)
+        .map(|n| signed_entry("alice", &format!("doc{}", n % 997), n, 1024))
+        .collect();
+    let ids: Vec<String> = fresh.iter().map(|e| e.metadata.id.clone()).collect();
+    loader.push_entries(fresh).await.unwrap();
+    loop {
+        let r = relay_reader
+            .sync("getStoreHead", serde_json::json!({"dbId": "bench"}))
+            .await;
+        if r.json()["head"]["maxReceiptOrder"].as_u64() >= Some(total as u64 + 2250) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // 3. miss vs hit latency of getEntries(250) at the edge.
+    let mut edge_client = c.client(2);
+    edge_client.login("bob").await;
+    let mut miss = Vec::new();
+    let mut hit = Vec::new();
+    for set in ids[..2000].chunks(250) {
+        let started = Instant::now();
+        assert_eq!(
+            edge_client.fetch("bench", set, "bob").await.len(),
+            set.len()
+        );
+        miss.push(started.elapsed().as_secs_f64() * 1000.0);
+        let started = Instant::now();
+        edge_client.fetch("bench", set, "bob").await;
+        hit.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let (miss_ms, hit_ms) = (median(&mut miss), median(&mut hit));
+
+    // 4. 50 clients, the same 250 entries missing at the edge, all at once.
+    let cold: Vec<String> = ids[2000..].to_vec();
+    let before = served(&c, 1, "sync/docs/getEntriesBinary").await;
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        let mut client = c.client(2);
+        client.login("bob").await;
+        clients.push(client);
+    }
+    let answers = futures::future::join_all(
+        clients
+            .iter()
+            .map(|client| client.fetch("bench", &cold, "bob")),
+    )
+    .await;
+    assert!(answers.iter().all(|a| a.len() == 250));
+    let upstream_requests = served(&c, 1, "sync/docs/getEntriesBinary").await - before;
+    let edge_rss = rss_mib(c.pid(2));
+
+    println!("chain benchmark, {total} entries of 1 KiB, one run on this machine");
+    println!(
+        "  initial pull, direct from origin      {:>9.0} entries/s (best of {:?})",
+        best(&direct),
+        direct.iter().map(|r| r.round()).collect::<Vec<_>>()
+    );
+    println!(
+        "  initial pull, origin→relay→edge       {:>9.0} entries/s with the edge cache cold, {:.0} on the second run",
+        chained[0], chained[1]
+    );
+    println!(
+        "  ratio chain / direct                  {:>9.2} cold edge, {:.2} second run   (goal ≥ 0.8)",
+        chained[0] / best(&direct),
+        chained[1] / best(&direct)
+    );
+    println!(
+        "  idle relay, 3 s (~10 passes at 300 ms): {heads} getStoreHead at the origin (one per direction per pass), {work} scan/has/get requests; head response body {head_body} B"
+    );
+    println!(
+        "  edge getEntries(250): miss {miss_ms:.1} ms, hit {hit_ms:.1} ms (median of {})",
+        miss.len()
+    );
+    println!("  50 clients, same 250 missing entries: {upstream_requests} upstream getEntries request(s) (goal: 1)");
+    println!(
+        "  edge RSS: {edge_rss_after_pull:.0} MiB after the chained pulls, {edge_rss:.0} MiB after the burst; cache limit {} MiB (goal ≤ limit + 128)",
+        EDGE_CACHE >> 20
+    );
+}
