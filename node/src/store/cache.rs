@@ -288,9 +288,9 @@ impl ContentAddressedStore for CachedStore {
             }
             // Ids another request's flight delivered just before ours were claimed.
             for id in missing {
-                if !found.contains_key(&id) {
-                    if let Some(e) = self.cache.get(&(store.clone(), id.clone())) {
-                        found.insert(id, e);
+                if let std::collections::hash_map::Entry::Vacant(slot) = found.entry(id) {
+                    if let Some(e) = self.cache.get(&(store.clone(), slot.key().clone())) {
+                        slot.insert(e);
                     }
                 }
             }
