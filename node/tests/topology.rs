@@ -419,3 +419,63 @@ async fn tampered_entries_from_upstream_never_reach_a_client() {
     let _ = stop.send(());
     let _ = server.await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_and_merged_upstreams() {
+    let mut c = Cluster::new(&["a", "b", "failover", "merged"]);
+    c.configure(0, "role: origin\n");
+    c.configure(1, "role: origin\n");
+    // The first upstream of the failover relay never answers (a port nobody listens on).
+    let dead = "{name: dead, url: 'http://127.0.0.1:9'}";
+    c.configure(
+        2,
+        &format!(
+            "role: relay\nupstreams: [{dead}, {{name: a, url: '{}'}}]\n",
+            c.url(0)
+        ),
+    );
+    c.configure(
+        3,
+        &format!(
+            "role: relay\nupstreamMode: merged\n{}",
+            c.remotes("upstreams", &[0, 1])
+        ),
+    );
+    for i in 0..4 {
+        c.start(i);
+    }
+    let mut at_a = c.client(0);
+    at_a.login("alice").await;
+    let mut at_b = c.client(1);
+    at_b.login("alice").await;
+    let from_a = encrypted_entries("from-a", 4);
+    let from_b = encrypted_entries("from-b", 6);
+    at_a.push(DB, &from_a).await;
+    at_b.push(DB, &from_b).await;
+
+    // Failover: writes at the relay reach the second upstream.
+    let mut at_failover = c.client(2);
+    at_failover.login("alice").await;
+    let written = encrypted_entries("via-failover", 3);
+    let answer = at_failover.push(DB, &written).await;
+    assert_eq!(answer["receipts"].as_array().unwrap().len(), 3);
+    eventually("failover relay delivered to a", || async {
+        at_a.ids(DB).await.len() == 7
+    })
+    .await;
+    eventually("failover relay pulled from a", || async {
+        at_failover.ids(DB).await.len() == 7
+    })
+    .await;
+
+    // Merged: the relay holds the union of both origins.
+    let mut at_merged = c.client(3);
+    at_merged.login("bob").await;
+    let mut expected: BTreeSet<String> = ids(&from_a).into_iter().collect();
+    expected.extend(ids(&from_b));
+    expected.extend(ids(&written));
+    eventually("merged relay holds the union", || async {
+        at_merged.ids(DB).await.into_iter().collect::<BTreeSet<_>>() == expected
+    })
+    .await;
+}
