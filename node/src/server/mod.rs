@@ -114,12 +114,19 @@ impl AppState {
     }
 }
 
-/// A node's id: the first 16 hex digits of SHA-256 over its signing public key PEM — stable across
-/// restarts and replicas' identities differ.
+/// A node's id: the first 16 hex digits of SHA-256 over its signing public key PEM and its instance
+/// name (`SYNCRELAY_INSTANCE`, set per pod by the operator) — stable across restarts, and distinct
+/// for replicas that share one identity.
 pub fn node_id(identity: &Identity) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(identity.signing_public_pem.as_bytes());
-    hex::encode(&digest[..8])
+    let instance = std::env::var("SYNCRELAY_INSTANCE").unwrap_or_default();
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(identity.signing_public_pem.as_bytes());
+    if !instance.is_empty() {
+        hasher.update(b"\n");
+        hasher.update(instance.as_bytes());
+    }
+    hex::encode(&hasher.finalize()[..8])
 }
 
 pub type SharedState = Arc<AppState>;

@@ -198,8 +198,17 @@ impl Link {
         {
             let h = self.health.lock().expect("health");
             if let (Some(at), Some(id)) = (h.chain_checked, &h.node_id) {
-                if at.elapsed() < CHAIN_REFRESH && !h.cycle {
-                    return Ok(std::iter::once(id.clone()).chain(h.chain.clone()).collect());
+                if at.elapsed() < CHAIN_REFRESH {
+                    let chain: Vec<String> =
+                        std::iter::once(id.clone()).chain(h.chain.clone()).collect();
+                    if h.cycle {
+                        return Err(LinkError::Cycle {
+                            link: self.name.clone(),
+                            node: own_id.to_string(),
+                            chain,
+                        });
+                    }
+                    return Ok(chain);
                 }
             }
         }

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use tokio::sync::Notify;
 
 use super::engine::{self, Admission, SyncOptions, SyncState};
-use super::links::Link;
+use super::links::{Link, LinkError};
 use crate::client::transport::SseParser;
 use crate::config::UpstreamMode;
 use crate::directory::Directory;
@@ -256,8 +256,14 @@ async fn sync_with_link(
 async fn sync_store(state: &SharedState, id: &StoreId, want: Want) {
     let own_id = state.node_id.clone();
     for link in links_for_pass(state) {
-        if link.kind == LinkKind::Upstream {
-            if let Err(e) = link.check_chain(&own_id).await {
+        match link.check_chain(&own_id).await {
+            Ok(_) => {}
+            Err(LinkError::Cycle { .. }) if link.kind == LinkKind::Peer => {
+                // The replica list of a node set names every pod, this one included.
+                tracing::debug!(link = %link.name, "this peer is this node itself; skipped");
+                continue;
+            }
+            Err(e) if link.kind == LinkKind::Upstream => {
                 tracing::debug!(error = %e, "not syncing with this upstream");
                 state
                     .metrics
@@ -266,6 +272,8 @@ async fn sync_store(state: &SharedState, id: &StoreId, want: Want) {
                     .inc();
                 continue;
             }
+            // A peer that is unreachable right now: the pass below records the failure.
+            Err(_) => {}
         }
         match sync_with_link(state, &link, id, want).await {
             Ok(()) => {
