@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "syncrelay-operator", version, about = "Kubernetes operator for syncrelay relay chains")]
+#[command(
+    name = "syncrelay-operator",
+    version,
+    about = "Kubernetes operator for syncrelay relay chains"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
