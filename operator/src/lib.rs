@@ -5,6 +5,8 @@
 //! a chain's topology), [`render`] (pure builders of every child object and of the node config, the
 //! one `syncrelay_node::config::NodeConfig` type the node reads).
 
+pub mod controller;
 pub mod crd;
 pub mod render;
+pub mod run;
 pub mod validate;

@@ -17,6 +17,18 @@ struct Cli {
 enum Command {
     /// Print the CustomResourceDefinitions (YAML, one document per CRD).
     Crd,
+    /// Run the controllers against the cluster of the current kubeconfig (or in-cluster config).
+    Run {
+        /// Only watch this namespace (default: all namespaces).
+        #[arg(long, env = "SYNCRELAY_NAMESPACE")]
+        namespace: Option<String>,
+        /// Log format: text or json.
+        #[arg(long, env = "SYNCRELAY_LOG_FORMAT", default_value = "text")]
+        log_format: String,
+        /// Address of /healthz, /readyz and /metrics.
+        #[arg(long, env = "SYNCRELAY_PROBE_ADDR", default_value = "0.0.0.0:8080")]
+        probe_addr: std::net::SocketAddr,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -24,6 +36,28 @@ fn main() -> anyhow::Result<()> {
         Command::Crd => {
             print!("{}", syncrelay_operator::crd::crd_yaml()?);
             Ok(())
+        }
+        Command::Run {
+            namespace,
+            log_format,
+            probe_addr,
+        } => {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr);
+            if log_format == "json" {
+                builder.json().init();
+            } else {
+                builder.init();
+            }
+            tokio::runtime::Runtime::new()?.block_on(syncrelay_operator::run::run(
+                syncrelay_operator::run::Options {
+                    namespace,
+                    probe_addr,
+                },
+            ))
         }
     }
 }

@@ -1,0 +1,116 @@
+//! The reconcilers. Each runs the pipeline read → validate → build (pure, `render`) → server-side
+//! apply with one field manager → status, with owner references for garbage collection and a
+//! per-object exponential backoff on errors.
+
+pub mod conditions;
+pub mod syncnode;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+
+/// Errors of one reconcile; `label` is the `kind` label of the errors metric.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("invalid spec: {0}")]
+    Invalid(String),
+    #[error("generating the node identity: {0}")]
+    Identity(String),
+    #[error("serialising {0}")]
+    Serialize(String),
+}
+
+impl Error {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Invalid(_) => "invalid_spec",
+            Error::Identity(_) => "identity",
+            Error::Serialize(_) => "serialize",
+        }
+    }
+}
+
+/// Shared by all reconciles.
+pub struct Context {
+    pub client: Client,
+    pub reporter: Reporter,
+    /// Consecutive failures per object, for exponential backoff.
+    pub failures: Mutex<HashMap<String, u32>>,
+    /// Whether this replica holds the leader Lease (only the leader writes).
+    pub leader: Arc<std::sync::atomic::AtomicBool>,
+    pub http: reqwest::Client,
+}
+
+impl Context {
+    pub fn new(client: Client, leader: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        Context {
+            client,
+            reporter: Reporter {
+                controller: "syncrelay-operator".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+            failures: Mutex::new(HashMap::new()),
+            leader,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()
+                .expect("HTTP client"),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Backoff for the next retry of `key`: 1 s doubling to 5 min.
+    pub fn backoff(&self, key: &str) -> Duration {
+        let mut failures = self.failures.lock().expect("failures");
+        let n = failures.entry(key.to_string()).or_insert(0);
+        *n = (*n + 1).min(10);
+        Duration::from_secs((1u64 << (*n - 1)).min(300))
+    }
+
+    pub fn reset_backoff(&self, key: &str) {
+        self.failures.lock().expect("failures").remove(key);
+    }
+
+    /// Publishes a Kubernetes Event about `obj` (failures to publish are logged, not fatal).
+    pub async fn event<K>(&self, obj: &K, warning: bool, reason: &str, note: String)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, object = %obj.name_any(), "cannot publish event");
+        }
+    }
+}
+
+/// Reads a node's `/status` (short timeout: a slow node must not stall reconciles).
+pub async fn fetch_status(
+    http: &reqwest::Client,
+    url: &str,
+) -> Option<syncrelay_node::status::NodeStatus> {
+    let response = http.get(url).send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response.json().await.ok()
+}

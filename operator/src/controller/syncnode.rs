@@ -1,0 +1,446 @@
+//! The SyncNode reconciler: resolve upstreams → ensure the identity Secret (generated once, kept) →
+//! render (pure) → server-side apply of ConfigMap, Services and the workload → status from the
+//! workload and from the node's own `/status`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::ByteString;
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use syncrelay_node::config::Role;
+use syncrelay_node::crypto::keys::Identity;
+
+use super::conditions::{self, Want};
+use super::{fetch_status, Context, Error};
+use crate::crd::{SyncNode, SyncNodeStatus};
+use crate::render::config::{self as cfg, ResolvedUpstream};
+use crate::render::workload::{self, PodInputs, Workload};
+use crate::render::{self, service, FIELD_MANAGER};
+use crate::validate;
+
+/// Annotation overriding where the operator reads the node's `/status` (tests, or nodes reached
+/// through another address than their Service).
+pub const STATUS_URL_ANNOTATION: &str = "syncrelay.io/status-url";
+/// How often figures are refreshed when nothing else happens.
+const REFRESH: Duration = Duration::from_secs(30);
+
+pub async fn apply<K>(api: &Api<K>, name: &str, object: &K) -> Result<K, Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(object),
+        )
+        .await?)
+}
+
+fn owned<K: Resource<DynamicType = ()>>(meta: &mut ObjectMeta, owner: &K) {
+    if let Some(r) = owner.controller_owner_ref(&()) {
+        meta.owner_references = Some(vec![r]);
+    }
+}
+
+/// Writes the status when it differs from the current one (no write, no watch event, no loop).
+async fn write_status(
+    api: &Api<SyncNode>,
+    sn: &SyncNode,
+    status: SyncNodeStatus,
+) -> Result<(), Error> {
+    if sn.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": "syncrelay.io/v1alpha1",
+        "kind": "SyncNode",
+        "status": status,
+    });
+    api.patch_status(
+        &sn.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Marks the node Degraded with `message`, publishes a Warning Event, touches nothing else.
+async fn degrade(
+    ctx: &Context,
+    api: &Api<SyncNode>,
+    sn: &SyncNode,
+    reason: &str,
+    message: String,
+) -> Result<Action, Error> {
+    let old = sn.status.clone().unwrap_or_default();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let conditions = conditions::merge(
+        &old.conditions,
+        vec![
+            Want {
+                type_: conditions::READY,
+                status: false,
+                reason,
+                message: message.clone(),
+            },
+            Want {
+                type_: conditions::PROGRESSING,
+                status: false,
+                reason,
+                message: message.clone(),
+            },
+            Want {
+                type_: conditions::DEGRADED,
+                status: true,
+                reason,
+                message: message.clone(),
+            },
+            Want {
+                type_: conditions::UPSTREAM_CONNECTED,
+                status: false,
+                reason,
+                message: message.clone(),
+            },
+        ],
+        sn.metadata.generation,
+        &now,
+    );
+    let changed = old
+        .conditions
+        .iter()
+        .find(|c| c.type_ == conditions::DEGRADED)
+        .map(|c| &c.message)
+        != Some(&message);
+    write_status(
+        api,
+        sn,
+        SyncNodeStatus {
+            observed_generation: sn.metadata.generation,
+            conditions,
+            ..old
+        },
+    )
+    .await?;
+    if changed {
+        ctx.event(sn, true, reason, message).await;
+    }
+    Ok(Action::await_change())
+}
+
+/// Resolves upstream references to URLs (and CA Secrets); a missing SyncNode is an error message.
+async fn resolve_upstreams(
+    api: &Api<SyncNode>,
+    sn: &SyncNode,
+    namespace: &str,
+) -> Result<Result<Vec<ResolvedUpstream>, String>, Error> {
+    let mut out = Vec::new();
+    for (i, u) in sn.spec.upstreams.iter().enumerate() {
+        match (&u.node, &u.url) {
+            (Some(node), _) => match api.get_opt(node).await? {
+                Some(up) => out.push(ResolvedUpstream {
+                    name: node.clone(),
+                    url: cfg::service_url(node, namespace, up.spec.tls.is_some()),
+                    ca_secret: up.spec.tls.as_ref().map(|t| t.secret_name.clone()),
+                }),
+                None => {
+                    return Ok(Err(format!(
+                        "upstream SyncNode {node} does not exist in namespace {namespace}"
+                    )))
+                }
+            },
+            (None, Some(url)) => out.push(ResolvedUpstream {
+                name: format!("external-{i}"),
+                url: url.clone(),
+                ca_secret: u.ca_secret.clone(),
+            }),
+            (None, None) => return Ok(Err(format!("upstream #{i} names neither node nor url"))),
+        }
+    }
+    Ok(Ok(out))
+}
+
+/// Creates `<node>-identity` once (Ed25519 + RSA-3072 + the replicas' shared auth secret); an
+/// existing one is kept as it is, so the node's identity survives every reconcile.
+pub async fn ensure_identity(
+    ctx: &Context,
+    sn: &SyncNode,
+    namespace: &str,
+) -> Result<Secret, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = render::identity_secret_name(&sn.name_any());
+    if let Some(existing) = api.get_opt(&name).await? {
+        return Ok(existing);
+    }
+    let identity = tokio::task::spawn_blocking(Identity::generate)
+        .await
+        .map_err(|e| Error::Identity(e.to_string()))?
+        .map_err(|e| Error::Identity(e.to_string()))?;
+    let auth_secret: String = {
+        use rand::RngExt;
+        let mut rng = rand::rng();
+        (0..64)
+            .map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)]))
+            .collect()
+    };
+    let mut metadata = ObjectMeta {
+        name: Some(name.clone()),
+        namespace: Some(namespace.into()),
+        labels: Some(render::labels(&sn.name_any(), sn.spec.role)),
+        ..ObjectMeta::default()
+    };
+    owned(&mut metadata, sn);
+    let secret = Secret {
+        metadata,
+        data: Some(
+            [
+                ("signing.pem", identity.signing_private_pem()),
+                ("encryption.pem", identity.encryption_private_pem()),
+                ("signing.pub.pem", identity.signing_public_pem.clone()),
+                ("encryption.pub.pem", identity.encryption_public_pem.clone()),
+                ("auth-secret", auth_secret),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+            .collect(),
+        ),
+        ..Secret::default()
+    };
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(s) => Ok(s),
+        // Another reconcile created it first: keep theirs.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(api.get(&name).await?),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn reconcile(sn: Arc<SyncNode>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.is_leader() {
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
+    let name = sn.name_any();
+    let namespace = sn.namespace().unwrap_or_else(|| "default".into());
+    let client = ctx.client.clone();
+    let api: Api<SyncNode> = Api::namespaced(client.clone(), &namespace);
+    if sn.spec.paused {
+        tracing::debug!(%name, "paused: nothing written");
+        return Ok(Action::await_change());
+    }
+    if let Err(errors) = validate::sync_node(&name, &sn.spec) {
+        let message = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        return degrade(&ctx, &api, &sn, "InvalidSpec", message).await;
+    }
+    let upstreams = match resolve_upstreams(&api, &sn, &namespace).await? {
+        Ok(u) => u,
+        Err(message) => return degrade(&ctx, &api, &sn, "UnknownUpstream", message).await,
+    };
+    ensure_identity(&ctx, &sn, &namespace).await?;
+
+    // Build (pure).
+    let config = cfg::node_config(&name, &namespace, &sn.spec, &upstreams);
+    let yaml = cfg::config_yaml(&config);
+    let hash = cfg::config_hash(&yaml);
+    let identity_secret = sn
+        .spec
+        .upstreams
+        .iter()
+        .find_map(|u| u.identity_secret.clone())
+        .unwrap_or_else(|| render::identity_secret_name(&name));
+    let inputs = PodInputs {
+        config_hash: &hash,
+        upstreams: &upstreams,
+        identity_secret,
+    };
+    let mut config_map = cfg::config_map(&name, &namespace, &sn.spec, &yaml);
+    owned(&mut config_map.metadata, sn.as_ref());
+    let mut client_service = service::client_service(&name, &namespace, &sn.spec);
+    owned(&mut client_service.metadata, sn.as_ref());
+    let peers = service::peers_service(&name, &namespace, &sn.spec).map(|mut s| {
+        owned(&mut s.metadata, sn.as_ref());
+        s
+    });
+
+    // Apply: configuration first, then Services, the workload last (it mounts the others).
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    apply(&cms, &render::config_map_name(&name), &config_map).await?;
+    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    apply(&services, &name, &client_service).await?;
+    let peers_name = render::peers_service_name(&name);
+    match peers {
+        Some(p) => {
+            apply(&services, &peers_name, &p).await?;
+        }
+        None => {
+            // Scaled down to one replica: the headless Service is no longer wanted.
+            if services.get_opt(&peers_name).await?.is_some() {
+                services
+                    .delete(&peers_name, &DeleteParams::default())
+                    .await?;
+            }
+        }
+    }
+    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+    let deploy_api: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let (ready_replicas, updated) = match workload::workload(&name, &namespace, &sn.spec, &inputs) {
+        Workload::StatefulSet(mut s) => {
+            owned(&mut s.metadata, sn.as_ref());
+            let applied = apply(&sts_api, &name, &s).await?;
+            // A role change leaves the other kind behind.
+            if deploy_api.get_opt(&name).await?.is_some() {
+                deploy_api.delete(&name, &DeleteParams::default()).await?;
+            }
+            let st = applied.status.unwrap_or_default();
+            (
+                st.ready_replicas.unwrap_or(0),
+                st.updated_replicas.unwrap_or(0),
+            )
+        }
+        Workload::Deployment(mut d) => {
+            owned(&mut d.metadata, sn.as_ref());
+            let applied = apply(&deploy_api, &name, &d).await?;
+            if sts_api.get_opt(&name).await?.is_some() {
+                sts_api.delete(&name, &DeleteParams::default()).await?;
+            }
+            let st = applied.status.unwrap_or_default();
+            (
+                st.ready_replicas.unwrap_or(0),
+                st.updated_replicas.unwrap_or(0),
+            )
+        }
+    };
+
+    // Status: the node's own report decides Ready and UpstreamConnected.
+    let endpoint = cfg::service_url(&name, &namespace, sn.spec.tls.is_some());
+    let status_url = sn
+        .annotations()
+        .get(STATUS_URL_ANNOTATION)
+        .cloned()
+        .unwrap_or_else(|| format!("{endpoint}/status"));
+    let report = fetch_status(&ctx.http, &status_url).await;
+    let old = sn.status.clone().unwrap_or_default();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let (ready, ready_reason, ready_message) = match &report {
+        Some(r) if r.ready => (
+            true,
+            "NodeReady",
+            format!("{} reports ready ({} entries)", r.name, r.entries),
+        ),
+        Some(r) => (
+            false,
+            "NodeNotReady",
+            format!("{} is not connected to an upstream", r.name),
+        ),
+        None => (false, "NoStatus", format!("no answer from {status_url}")),
+    };
+    let (upstream_ok, up_reason, up_message) = match (&report, sn.spec.role) {
+        (_, Role::Origin) if sn.spec.upstreams.is_empty() => {
+            (true, "NoUpstream", "an origin has no upstream".to_string())
+        }
+        (Some(r), _) => {
+            let connected: Vec<&str> = r
+                .links
+                .iter()
+                .filter(|l| l.connected)
+                .map(|l| l.name.as_str())
+                .collect();
+            let errors: Vec<String> = r
+                .links
+                .iter()
+                .filter_map(|l| l.last_error.clone())
+                .collect();
+            if connected.is_empty() {
+                (false, "Disconnected", errors.join("; "))
+            } else {
+                (
+                    true,
+                    "Connected",
+                    format!("connected to {}", connected.join(", ")),
+                )
+            }
+        }
+        (None, _) => (false, "NoStatus", format!("no answer from {status_url}")),
+    };
+    let progressing = updated < sn.spec.replicas || report.is_none();
+    let conditions = conditions::merge(
+        &old.conditions,
+        vec![
+            Want {
+                type_: conditions::READY,
+                status: ready,
+                reason: ready_reason,
+                message: ready_message,
+            },
+            Want {
+                type_: conditions::PROGRESSING,
+                status: progressing,
+                reason: if progressing { "RollingOut" } else { "Settled" },
+                message: format!(
+                    "{updated}/{} pods updated, {ready_replicas} ready",
+                    sn.spec.replicas
+                ),
+            },
+            Want {
+                type_: conditions::DEGRADED,
+                status: false,
+                reason: "Reconciled",
+                message: String::new(),
+            },
+            Want {
+                type_: conditions::UPSTREAM_CONNECTED,
+                status: upstream_ok,
+                reason: up_reason,
+                message: up_message,
+            },
+        ],
+        sn.metadata.generation,
+        &now,
+    );
+    let last_sync = report
+        .as_ref()
+        .and_then(|r| r.links.iter().filter_map(|l| l.last_success_at).max());
+    let status = SyncNodeStatus {
+        observed_generation: sn.metadata.generation,
+        conditions,
+        endpoint: Some(endpoint),
+        upstream: (!upstreams.is_empty()).then(|| {
+            upstreams
+                .iter()
+                .map(|u| u.name.clone())
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
+        lag: report.as_ref().map(|r| r.max_lag as i64),
+        entries: report.as_ref().map(|r| r.entries as i64),
+        last_sync_time: last_sync.and_then(|ms| {
+            k8s_openapi::jiff::Timestamp::from_millisecond(ms)
+                .ok()
+                .map(|t| t.to_string())
+        }),
+    };
+    write_status(&api, &sn, status).await?;
+    ctx.reset_backoff(&format!("SyncNode/{namespace}/{name}"));
+    Ok(Action::requeue(REFRESH))
+}
+
+pub fn error_policy(sn: Arc<SyncNode>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!(
+        "SyncNode/{}/{}",
+        sn.namespace().unwrap_or_default(),
+        sn.name_any()
+    );
+    let delay = ctx.backoff(&key);
+    tracing::warn!(object = %key, error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}

@@ -1,0 +1,81 @@
+//! `syncrelay-operator run`: the SyncNode controller over the owned kinds, probes on an HTTP port,
+//! graceful shutdown on SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use kube::api::Api;
+use kube::runtime::{watcher, Controller};
+use kube::Client;
+
+use crate::controller::{syncnode, Context};
+use crate::crd::SyncNode;
+
+pub struct Options {
+    pub namespace: Option<String>,
+    pub probe_addr: SocketAddr,
+}
+
+fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn probes(addr: SocketAddr) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "probes listening");
+    loop {
+        let (mut socket, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = socket.read(&mut buf).await.unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let ok = request.starts_with("GET /healthz") || request.starts_with("GET /readyz");
+            let response = if ok {
+                "HTTP/1.1 200 OK\\r\\ncontent-length: 2\\r\\nconnection: close\\r\\n\\r\\nok"
+            } else {
+                "HTTP/1.1 404 Not Found\\r\\ncontent-length: 0\\r\\nconnection: close\\r\\n\\r\\n"
+            };
+            let _ = socket.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let leader = Arc::new(AtomicBool::new(true));
+    let ctx = Arc::new(Context::new(client.clone(), leader));
+    tokio::spawn(async move {
+        if let Err(e) = probes(options.probe_addr).await {
+            tracing::error!(error = %e, "probe server failed");
+        }
+    });
+    let ns = &options.namespace;
+    let nodes = Controller::new(api::<SyncNode>(&client, ns), watcher::Config::default())
+        .owns(api::<ConfigMap>(&client, ns), watcher::Config::default())
+        .owns(api::<Service>(&client, ns), watcher::Config::default())
+        .owns(api::<Secret>(&client, ns), watcher::Config::default())
+        .owns(api::<StatefulSet>(&client, ns), watcher::Config::default())
+        .owns(api::<Deployment>(&client, ns), watcher::Config::default())
+        .graceful_shutdown_on(syncrelay_node::node::shutdown_signal())
+        .run(syncnode::reconcile, syncnode::error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(object = %object.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        });
+    tracing::info!(namespace = ?options.namespace, "syncrelay-operator running");
+    nodes.await;
+    Ok(())
+}
