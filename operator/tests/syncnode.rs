@@ -145,6 +145,39 @@ async fn sync_nodes_are_reconciled_against_a_real_api_server() {
     let sn = nodes.get("origin").await.unwrap();
     assert_eq!(condition(&sn, "Ready").unwrap().0, "False");
 
+    // A real node process reports through /status: the operator marks the SyncNode Ready, and
+    // `kubectl wait` sees it.
+    let (_origin_process, origin_url, _origin_data) = common::start_node();
+    nodes
+        .patch(
+            "origin",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                "syncrelay.io/status-url": format!("{origin_url}/status")
+            }}})),
+        )
+        .await
+        .unwrap();
+    let waited = std::process::Command::new("kubectl")
+        .args([
+            "wait",
+            "--for=condition=Ready",
+            "syncnode/origin",
+            "--timeout=60s",
+        ])
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .output()
+        .expect("kubectl");
+    assert!(
+        waited.status.success(),
+        "kubectl wait: {}{}",
+        String::from_utf8_lossy(&waited.stdout),
+        String::from_utf8_lossy(&waited.stderr)
+    );
+    let sn = nodes.get("origin").await.unwrap();
+    assert_eq!(condition(&sn, "Ready").unwrap().1, "NodeReady");
+    assert_eq!(sn.status.as_ref().unwrap().entries, Some(0));
+
     // Changing the relay's config rolls only the relay.
     let origin_hash = pod_hash(&sts.get("origin").await.unwrap());
     let relay_hash = pod_hash(&sts.get("relay").await.unwrap());

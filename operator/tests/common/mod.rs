@@ -281,3 +281,41 @@ where
     }
     panic!("timed out waiting for: {what}");
 }
+
+/// Starts a real `syncrelay-node` (an origin with defaults) from the workspace's build output;
+/// returns the process, its base URL and its data folder (removed on drop).
+pub fn start_node() -> (Proc, String, tempfile::TempDir) {
+    use std::io::{BufRead, BufReader};
+    // Integration tests live in target/<profile>/deps; the node binary is built beside them.
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("syncrelay-node");
+    assert!(
+        bin.exists(),
+        "{} not built (run the workspace's tests)",
+        bin.display()
+    );
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start syncrelay-node");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("listening line")
+        .to_string();
+    (Proc(child), url, data)
+}
