@@ -12,8 +12,8 @@ use kube::api::Api;
 use kube::runtime::{watcher, Controller};
 use kube::Client;
 
-use crate::controller::{syncnode, Context};
-use crate::crd::SyncNode;
+use crate::controller::{syncchain, syncnode, Context};
+use crate::crd::{SyncChain, SyncNode};
 
 pub struct Options {
     pub namespace: Option<String>,
@@ -68,14 +68,24 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         .owns(api::<StatefulSet>(&client, ns), watcher::Config::default())
         .owns(api::<Deployment>(&client, ns), watcher::Config::default())
         .graceful_shutdown_on(syncrelay_node::node::shutdown_signal())
-        .run(syncnode::reconcile, syncnode::error_policy, ctx)
+        .run(syncnode::reconcile, syncnode::error_policy, ctx.clone())
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(object = %object.name, "reconciled"),
                 Err(e) => tracing::debug!(error = %e, "reconcile error"),
             }
         });
+    let chains = Controller::new(api::<SyncChain>(&client, ns), watcher::Config::default())
+        .owns(api::<SyncNode>(&client, ns), watcher::Config::default())
+        .owns(api::<Secret>(&client, ns), watcher::Config::default())
+        .graceful_shutdown_on(syncrelay_node::node::shutdown_signal())
+        .run(syncchain::reconcile, syncchain::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile error");
+            }
+        });
     tracing::info!(namespace = ?options.namespace, "syncrelay-operator running");
-    nodes.await;
+    futures::join!(nodes, chains);
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! per-object exponential backoff on errors.
 
 pub mod conditions;
+pub mod syncchain;
 pub mod syncnode;
 
 use std::collections::HashMap;

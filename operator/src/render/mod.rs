@@ -4,6 +4,7 @@
 //! Names: Service `<node>`, headless Service `<node>-peers` (replicas > 1), ConfigMap `<node>-config`,
 //! identity Secret `<node>-identity`, StatefulSet or Deployment `<node>`.
 
+pub mod chain;
 pub mod config;
 pub mod service;
 pub mod workload;

@@ -1,0 +1,333 @@
+//! The SyncChain reconciler: validate → the chain's directory Secret (the user's directory plus every
+//! node's identity as a trusted server) → one owned SyncNode per declared node (server-side apply) →
+//! removal of SyncNodes no longer declared → status from the SyncNodes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::ByteString;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use syncrelay_node::directory::DirectoryFile;
+
+use super::conditions::{self, Want};
+use super::syncnode::apply;
+use super::{Context, Error};
+use crate::crd::{ChainNodeStatus, SyncChain, SyncChainStatus, SyncNode};
+use crate::render::chain::{self, NodeKeys, CHAIN_LABEL};
+use crate::render::{self, FIELD_MANAGER};
+use crate::validate;
+
+async fn write_status(
+    api: &Api<SyncChain>,
+    chain: &SyncChain,
+    status: SyncChainStatus,
+) -> Result<(), Error> {
+    if chain.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": "syncrelay.io/v1alpha1",
+        "kind": "SyncChain",
+        "status": status,
+    });
+    api.patch_status(
+        &chain.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+fn owned(meta: &mut ObjectMeta, chain: &SyncChain) {
+    if let Some(r) = chain.controller_owner_ref(&()) {
+        meta.owner_references = Some(vec![r]);
+    }
+}
+
+/// The public keys of a node's generated identity, once its SyncNode reconciler created it.
+async fn node_keys(secrets: &Api<Secret>, node: &str) -> Result<Option<NodeKeys>, Error> {
+    let Some(secret) = secrets.get_opt(&render::identity_secret_name(node)).await? else {
+        return Ok(None);
+    };
+    let data = secret.data.unwrap_or_default();
+    let text = |k: &str| {
+        data.get(k)
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+    };
+    Ok(
+        match (text("signing.pub.pem"), text("encryption.pub.pem")) {
+            (Some(s), Some(e)) => Some(NodeKeys {
+                node: node.into(),
+                signing_public_key: s,
+                encryption_public_key: e,
+            }),
+            _ => None,
+        },
+    )
+}
+
+pub async fn reconcile(chain: Arc<SyncChain>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.is_leader() {
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
+    let name = chain.name_any();
+    let namespace = chain.namespace().unwrap_or_else(|| "default".into());
+    let client = ctx.client.clone();
+    let chains: Api<SyncChain> = Api::namespaced(client.clone(), &namespace);
+    let nodes_api: Api<SyncNode> = Api::namespaced(client.clone(), &namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    if chain.spec.paused {
+        return Ok(Action::await_change());
+    }
+    let old = chain.status.clone().unwrap_or_default();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    if let Err(errors) = validate::sync_chain(&chain.spec) {
+        let message = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        let reason = "InvalidTopology";
+        let was = old
+            .conditions
+            .iter()
+            .find(|c| c.type_ == conditions::DEGRADED)
+            .map(|c| c.message.clone());
+        let conditions = conditions::merge(
+            &old.conditions,
+            vec![
+                Want {
+                    type_: conditions::READY,
+                    status: false,
+                    reason,
+                    message: message.clone(),
+                },
+                Want {
+                    type_: conditions::PROGRESSING,
+                    status: false,
+                    reason,
+                    message: message.clone(),
+                },
+                Want {
+                    type_: conditions::DEGRADED,
+                    status: true,
+                    reason,
+                    message: message.clone(),
+                },
+            ],
+            chain.metadata.generation,
+            &now,
+        );
+        write_status(
+            &chains,
+            &chain,
+            SyncChainStatus {
+                observed_generation: chain.metadata.generation,
+                conditions,
+                ..old
+            },
+        )
+        .await?;
+        if was.as_deref() != Some(message.as_str()) {
+            ctx.event(chain.as_ref(), true, reason, message).await;
+        }
+        return Ok(Action::await_change());
+    }
+
+    // The chain's directory: the user's, plus every node identity that exists so far.
+    let desired = chain::sync_nodes(&name, &namespace, &chain.spec);
+    let user_dir: DirectoryFile = match secrets.get_opt(&chain.spec.directory_secret).await? {
+        Some(s) => {
+            let text = s
+                .data
+                .unwrap_or_default()
+                .get("directory.yaml")
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                .unwrap_or_default();
+            serde_yaml::from_str(&text).map_err(|e| {
+                Error::Invalid(format!(
+                    "Secret {} key directory.yaml: {e}",
+                    chain.spec.directory_secret
+                ))
+            })?
+        }
+        None => {
+            let message = format!(
+                "directory Secret {} does not exist",
+                chain.spec.directory_secret
+            );
+            let conditions = conditions::merge(
+                &old.conditions,
+                vec![
+                    Want {
+                        type_: conditions::READY,
+                        status: false,
+                        reason: "MissingDirectory",
+                        message: message.clone(),
+                    },
+                    Want {
+                        type_: conditions::DEGRADED,
+                        status: true,
+                        reason: "MissingDirectory",
+                        message: message.clone(),
+                    },
+                ],
+                chain.metadata.generation,
+                &now,
+            );
+            write_status(
+                &chains,
+                &chain,
+                SyncChainStatus {
+                    observed_generation: chain.metadata.generation,
+                    conditions,
+                    ..old
+                },
+            )
+            .await?;
+            return Ok(Action::requeue(Duration::from_secs(10)));
+        }
+    };
+    let mut keys = Vec::new();
+    for node in &desired {
+        if let Some(k) = node_keys(&secrets, &node.name_any()).await? {
+            keys.push(k);
+        }
+    }
+    let directory = chain::chain_directory(&user_dir, &namespace, &keys);
+    let mut dir_meta = ObjectMeta {
+        name: Some(chain::directory_secret_name(&name)),
+        namespace: Some(namespace.clone()),
+        labels: Some(BTreeMap::from([(CHAIN_LABEL.to_string(), name.clone())])),
+        ..ObjectMeta::default()
+    };
+    owned(&mut dir_meta, &chain);
+    let dir_secret = Secret {
+        metadata: dir_meta,
+        data: Some(BTreeMap::from([(
+            "directory.yaml".to_string(),
+            ByteString(
+                serde_yaml::to_string(&directory)
+                    .map_err(|e| Error::Serialize(e.to_string()))?
+                    .into_bytes(),
+            ),
+        )])),
+        ..Secret::default()
+    };
+    apply(&secrets, &chain::directory_secret_name(&name), &dir_secret).await?;
+
+    // The SyncNodes, then removal of those no longer declared.
+    let wanted: BTreeSet<String> = desired.iter().map(|n| n.name_any()).collect();
+    for mut node in desired {
+        owned(&mut node.metadata, &chain);
+        apply(&nodes_api, &node.name_any(), &node).await?;
+    }
+    let existing = nodes_api
+        .list(&ListParams::default().labels(&format!("{CHAIN_LABEL}={name}")))
+        .await?;
+    for node in existing.items {
+        if !wanted.contains(&node.name_any()) {
+            nodes_api
+                .delete(&node.name_any(), &DeleteParams::default())
+                .await?;
+        }
+    }
+
+    // Status from the SyncNodes.
+    let mut node_status = Vec::new();
+    for n in &chain.spec.nodes {
+        let sn = nodes_api.get_opt(&chain::node_name(&name, &n.name)).await?;
+        let st = sn.and_then(|s| s.status).unwrap_or_default();
+        node_status.push(ChainNodeStatus {
+            name: n.name.clone(),
+            role: n.role.as_str().into(),
+            ready: conditions::is_true(&st.conditions, conditions::READY),
+            lag: st.lag,
+            entries: st.entries,
+        });
+    }
+    let all_ready = node_status.iter().all(|n| n.ready);
+    let identities_complete = keys.len() == chain.spec.nodes.len();
+    let not_ready: Vec<&str> = node_status
+        .iter()
+        .filter(|n| !n.ready)
+        .map(|n| n.name.as_str())
+        .collect();
+    let conditions = conditions::merge(
+        &old.conditions,
+        vec![
+            Want {
+                type_: conditions::READY,
+                status: all_ready,
+                reason: if all_ready {
+                    "AllNodesReady"
+                } else {
+                    "NodesNotReady"
+                },
+                message: if all_ready {
+                    "every node reports ready".into()
+                } else {
+                    format!("not ready: {}", not_ready.join(", "))
+                },
+            },
+            Want {
+                type_: conditions::PROGRESSING,
+                status: !identities_complete,
+                reason: if identities_complete {
+                    "Wired"
+                } else {
+                    "WaitingForIdentities"
+                },
+                message: format!(
+                    "{}/{} node identities in the chain's directory",
+                    keys.len(),
+                    chain.spec.nodes.len()
+                ),
+            },
+            Want {
+                type_: conditions::DEGRADED,
+                status: false,
+                reason: "Reconciled",
+                message: "topology is valid and applied".into(),
+            },
+        ],
+        chain.metadata.generation,
+        &now,
+    );
+    write_status(
+        &chains,
+        &chain,
+        SyncChainStatus {
+            observed_generation: chain.metadata.generation,
+            conditions,
+            node_count: Some(chain.spec.nodes.len() as i32),
+            lag: node_status.iter().filter_map(|n| n.lag).max(),
+            nodes: node_status,
+        },
+    )
+    .await?;
+    ctx.reset_backoff(&format!("SyncChain/{namespace}/{name}"));
+    // Identities appear as the SyncNode reconciler creates them: look again soon until complete.
+    Ok(Action::requeue(if identities_complete {
+        Duration::from_secs(30)
+    } else {
+        Duration::from_secs(2)
+    }))
+}
+
+pub fn error_policy(chain: Arc<SyncChain>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!(
+        "SyncChain/{}/{}",
+        chain.namespace().unwrap_or_default(),
+        chain.name_any()
+    );
+    let delay = ctx.backoff(&key);
+    tracing::warn!(object = %key, error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
