@@ -7,6 +7,7 @@
 
 pub mod controller;
 pub mod crd;
+pub mod leader;
 pub mod render;
 pub mod run;
 pub mod validate;

@@ -28,6 +28,12 @@ enum Command {
         /// Address of /healthz, /readyz and /metrics.
         #[arg(long, env = "SYNCRELAY_PROBE_ADDR", default_value = "0.0.0.0:8080")]
         probe_addr: std::net::SocketAddr,
+        /// Reconcile only while holding the Lease (needed with more than one replica).
+        #[arg(long, env = "SYNCRELAY_LEADER_ELECTION")]
+        leader_election: bool,
+        /// Namespace of the leader Lease.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
     },
 }
 
@@ -41,6 +47,8 @@ fn main() -> anyhow::Result<()> {
             namespace,
             log_format,
             probe_addr,
+            leader_election,
+            lease_namespace,
         } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -56,6 +64,8 @@ fn main() -> anyhow::Result<()> {
                 syncrelay_operator::run::Options {
                     namespace,
                     probe_addr,
+                    leader_election,
+                    lease_namespace,
                 },
             ))
         }

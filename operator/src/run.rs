@@ -18,6 +18,10 @@ use crate::crd::{SyncChain, SyncNode};
 pub struct Options {
     pub namespace: Option<String>,
     pub probe_addr: SocketAddr,
+    /// Run only while holding the Lease (for more than one operator replica).
+    pub leader_election: bool,
+    /// Namespace of the Lease.
+    pub lease_namespace: String,
 }
 
 fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
@@ -53,7 +57,18 @@ async fn probes(addr: SocketAddr) -> anyhow::Result<()> {
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
-    let leader = Arc::new(AtomicBool::new(true));
+    let leader = Arc::new(AtomicBool::new(!options.leader_election));
+    if options.leader_election {
+        let me = std::env::var("POD_NAME").unwrap_or_else(|_| {
+            format!("syncrelay-operator-{}-{}", std::process::id(), uuid_like())
+        });
+        tokio::spawn(crate::leader::run(
+            client.clone(),
+            options.lease_namespace.clone(),
+            me,
+            leader.clone(),
+        ));
+    }
     let ctx = Arc::new(Context::new(client.clone(), leader));
     tokio::spawn(async move {
         if let Err(e) = probes(options.probe_addr).await {
@@ -88,4 +103,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     tracing::info!(namespace = ?options.namespace, "syncrelay-operator running");
     futures::join!(nodes, chains);
     Ok(())
+}
+
+/// A random suffix so that two replicas on one host never share an identity.
+fn uuid_like() -> String {
+    use rand::RngExt;
+    let mut rng = rand::rng();
+    (0..8)
+        .map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)]))
+        .collect()
 }

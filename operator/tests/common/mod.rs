@@ -248,8 +248,13 @@ impl ControlPlane {
 
     /// Starts an operator process; returns its index (for `stop_operator`).
     pub fn start_operator(&mut self) -> usize {
+        self.start_operator_with(&[])
+    }
+
+    pub fn start_operator_with(&mut self, extra: &[&str]) -> usize {
         let child = Command::new(env!("CARGO_BIN_EXE_syncrelay-operator"))
             .args(["run", "--probe-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(extra)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "warn,kube_client=error,syncrelay_operator=info")
             .stdout(Stdio::null())
@@ -258,6 +263,10 @@ impl ControlPlane {
             .expect("start syncrelay-operator");
         self.operators.push(Proc(child));
         self.operators.len() - 1
+    }
+
+    pub fn operator_pid(&self, index: usize) -> u32 {
+        self.operators[index].0.id()
     }
 
     pub fn stop_operator(&mut self, index: usize) {
