@@ -34,25 +34,23 @@ where
     }
 }
 
-async fn probes(addr: SocketAddr) -> anyhow::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// `/healthz`, `/readyz` and `/metrics`.
+async fn probes(addr: SocketAddr, ctx: Arc<Context>) -> anyhow::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let ctx = ctx.clone();
+                async move { ctx.metrics.render() }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "probes listening");
-    loop {
-        let (mut socket, _) = listener.accept().await?;
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n = socket.read(&mut buf).await.unwrap_or(0);
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let ok = request.starts_with("GET /healthz") || request.starts_with("GET /readyz");
-            let response = if ok {
-                "HTTP/1.1 200 OK\\r\\ncontent-length: 2\\r\\nconnection: close\\r\\n\\r\\nok"
-            } else {
-                "HTTP/1.1 404 Not Found\\r\\ncontent-length: 0\\r\\nconnection: close\\r\\n\\r\\n"
-            };
-            let _ = socket.write_all(response.as_bytes()).await;
-        });
-    }
+    tracing::info!(%addr, "probes and metrics listening");
+    axum::serve(listener, app).await?;
+    Ok(())
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
@@ -70,8 +68,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         ));
     }
     let ctx = Arc::new(Context::new(client.clone(), leader));
+    let probe_ctx = ctx.clone();
     tokio::spawn(async move {
-        if let Err(e) = probes(options.probe_addr).await {
+        if let Err(e) = probes(options.probe_addr, probe_ctx).await {
             tracing::error!(error = %e, "probe server failed");
         }
     });
@@ -83,7 +82,15 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         .owns(api::<StatefulSet>(&client, ns), watcher::Config::default())
         .owns(api::<Deployment>(&client, ns), watcher::Config::default())
         .graceful_shutdown_on(syncrelay_node::node::shutdown_signal())
-        .run(syncnode::reconcile, syncnode::error_policy, ctx.clone())
+        .run(
+            |sn, ctx: Arc<Context>| async move {
+                ctx.clone()
+                    .observe("syncnode", syncnode::reconcile(sn, ctx))
+                    .await
+            },
+            syncnode::error_policy,
+            ctx.clone(),
+        )
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(object = %object.name, "reconciled"),
@@ -94,7 +101,15 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         .owns(api::<SyncNode>(&client, ns), watcher::Config::default())
         .owns(api::<Secret>(&client, ns), watcher::Config::default())
         .graceful_shutdown_on(syncrelay_node::node::shutdown_signal())
-        .run(syncchain::reconcile, syncchain::error_policy, ctx)
+        .run(
+            |chain, ctx: Arc<Context>| async move {
+                ctx.clone()
+                    .observe("syncchain", syncchain::reconcile(chain, ctx))
+                    .await
+            },
+            syncchain::error_policy,
+            ctx,
+        )
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "reconcile error");

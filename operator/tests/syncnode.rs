@@ -50,7 +50,7 @@ fn condition(sn: &SyncNode, type_: &str) -> Option<(String, String, Option<i64>)
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_nodes_are_reconciled_against_a_real_api_server() {
     let mut cp = ControlPlane::start(true).await;
-    cp.start_operator();
+    let operator = cp.start_operator();
     let client = cp.client().await;
     let nodes: Api<SyncNode> = Api::namespaced(client.clone(), "default");
     let sts: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
@@ -263,6 +263,33 @@ async fn sync_nodes_are_reconciled_against_a_real_api_server() {
             .contains("maxBytes: 134217728")
     })
     .await;
+
+    // The operator's own metrics and probes.
+    let http = reqwest::Client::new();
+    let base = cp.operator_url(operator);
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let reconciles: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("syncrelay_operator_reconciles_total{controller=\"syncnode\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(reconciles > 0, "{metrics}");
+    assert!(metrics.contains("syncrelay_operator_reconcile_duration_seconds_bucket"));
 
     // Deleting a node garbage-collects its children (kube-controller-manager).
     nodes

@@ -46,6 +46,7 @@ pub struct Context {
     /// Whether this replica holds the leader Lease (only the leader writes).
     pub leader: Arc<std::sync::atomic::AtomicBool>,
     pub http: reqwest::Client,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Context {
@@ -62,11 +63,39 @@ impl Context {
                 .timeout(Duration::from_secs(3))
                 .build()
                 .expect("HTTP client"),
+            metrics: crate::metrics::Metrics::new(),
         }
     }
 
     pub fn is_leader(&self) -> bool {
-        self.leader.load(std::sync::atomic::Ordering::Relaxed)
+        let leader = self.leader.load(std::sync::atomic::Ordering::Relaxed);
+        self.metrics.leader.set(i64::from(leader));
+        leader
+    }
+
+    /// Counts and times one reconcile of `controller`.
+    pub async fn observe<T>(
+        &self,
+        controller: &str,
+        work: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let started = std::time::Instant::now();
+        let result = work.await;
+        self.metrics
+            .reconciles
+            .with_label_values(&[controller])
+            .inc();
+        self.metrics
+            .duration
+            .with_label_values(&[controller])
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            self.metrics
+                .errors
+                .with_label_values(&[controller, e.label()])
+                .inc();
+        }
+        result
     }
 
     /// Backoff for the next retry of `key`: 1 s doubling to 5 min.

@@ -48,6 +48,7 @@ pub struct ControlPlane {
     pub url: String,
     // Dropped in reverse order of start: operator(s) first, etcd last.
     operators: Vec<Proc>,
+    probe_ports: Vec<u16>,
     _controller_manager: Option<Proc>,
     _apiserver: Proc,
     _etcd: Proc,
@@ -199,6 +200,7 @@ impl ControlPlane {
             kubeconfig,
             url,
             operators: Vec::new(),
+            probe_ports: Vec::new(),
             _controller_manager: controller_manager,
             _apiserver: apiserver,
             _etcd: etcd,
@@ -252,8 +254,10 @@ impl ControlPlane {
     }
 
     pub fn start_operator_with(&mut self, extra: &[&str]) -> usize {
+        let port = free_port();
+        self.probe_ports.push(port);
         let child = Command::new(env!("CARGO_BIN_EXE_syncrelay-operator"))
-            .args(["run", "--probe-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["run", "--probe-addr", &format!("127.0.0.1:{port}")])
             .args(extra)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "warn,kube_client=error,syncrelay_operator=info")
@@ -263,6 +267,11 @@ impl ControlPlane {
             .expect("start syncrelay-operator");
         self.operators.push(Proc(child));
         self.operators.len() - 1
+    }
+
+    /// Base URL of an operator's probe and metrics server.
+    pub fn operator_url(&self, index: usize) -> String {
+        format!("http://127.0.0.1:{}", self.probe_ports[index])
     }
 
     pub fn operator_pid(&self, index: usize) -> u32 {
