@@ -170,9 +170,10 @@ async fn relay_rides_out_an_upstream_outage() {
     let mut at_origin = c.client(0);
     at_origin.login("bob").await;
     assert_eq!(at_origin.ids(DB).await.len(), 10);
-    eventually("the relay pulled once", || async {
+    // Both directions have had their first (full) pass.
+    eventually("the relay synced both ways once", || async {
         let s = c.status(1).await;
-        s["stores"][0]["links"][0]["lastSyncAt"].is_number()
+        s["stores"][0]["links"][0]["fullScans"].as_u64() >= Some(2)
     })
     .await;
     let scans_before = c.status(1).await["stores"][0]["links"][0]["fullScans"]

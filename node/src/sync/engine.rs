@@ -68,7 +68,7 @@ pub struct Progress {
 pub struct SyncReport {
     /// Nothing to do: only the heads were read.
     pub idle: bool,
-    /// The pass started from the beginning because an epoch changed (or it was the first).
+    /// The pass restarted from the beginning because an epoch changed (or it was the first).
     pub full_scan: bool,
     pub scanned: u64,
     pub transferred: u64,
@@ -151,7 +151,10 @@ pub async fn transfer(
         report.idle = true;
         return Ok(report);
     }
-    report.full_scan = state.cursor.is_none();
+    // A rescan from the start happens on the first sync and on every epoch change; a pass that
+    // starts at the beginning because nothing was there before is not one.
+    report.full_scan = epochs_changed;
+    let from_start = state.cursor.is_none();
     let mut progress = Progress {
         total: source_head
             .max_receipt_order
@@ -159,7 +162,7 @@ pub async fn transfer(
         ..Progress::default()
     };
     // On a full scan a bloom summary of the target spares an exact lookup for most new ids.
-    let bloom = if report.full_scan && progress.total > MAX_SCAN_PAGE as u64 {
+    let bloom = if from_start && progress.total > MAX_SCAN_PAGE as u64 {
         match target.get_id_bloom_summary().await {
             Ok(s) => Some(BloomTester::new(&s)),
             Err(e) if unsupported(&e) => None,
