@@ -74,6 +74,14 @@ pub struct SyncNodeSpec {
     pub scheduling: Option<Scheduling>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodOverrides>,
+    /// A Prometheus-operator ServiceMonitor for the node's /metrics (only where that API is served).
+    #[serde(default)]
+    pub service_monitor: bool,
+    /// PodDisruptionBudget `maxUnavailable` for node sets with more than one replica (policy/v1,
+    /// only where that API is served). Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_unavailable: Option<i32>,
     /// Stop reconciling this node set (its objects stay as they are).
     #[serde(default)]
     pub paused: bool,

@@ -67,7 +67,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             leader.clone(),
         ));
     }
-    let ctx = Arc::new(Context::new(client.clone(), leader));
+    let served = crate::controller::ServedApis::discover(&client).await;
+    tracing::info!(?served, "optional APIs");
+    let ctx = Arc::new(Context::new(client.clone(), leader, served));
     let probe_ctx = ctx.clone();
     tokio::spawn(async move {
         if let Err(e) = probes(options.probe_addr, probe_ctx).await {

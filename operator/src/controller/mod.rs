@@ -47,10 +47,48 @@ pub struct Context {
     pub leader: Arc<std::sync::atomic::AtomicBool>,
     pub http: reqwest::Client,
     pub metrics: crate::metrics::Metrics,
+    /// Optional APIs this cluster serves (asked once at start).
+    pub served: ServedApis,
+}
+
+/// Optional APIs found by discovery.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServedApis {
+    pub pdb_v1: bool,
+    pub service_monitor: bool,
+}
+
+impl ServedApis {
+    pub async fn discover(client: &Client) -> Self {
+        let has = |list: Result<
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList,
+            kube::Error,
+        >,
+                   kind: &str| {
+            list.map(|l| l.resources.iter().any(|r| r.kind == kind))
+                .unwrap_or(false)
+        };
+        ServedApis {
+            pdb_v1: has(
+                client.list_api_group_resources("policy/v1").await,
+                "PodDisruptionBudget",
+            ),
+            service_monitor: has(
+                client
+                    .list_api_group_resources("monitoring.coreos.com/v1")
+                    .await,
+                "ServiceMonitor",
+            ),
+        }
+    }
 }
 
 impl Context {
-    pub fn new(client: Client, leader: Arc<std::sync::atomic::AtomicBool>) -> Self {
+    pub fn new(
+        client: Client,
+        leader: Arc<std::sync::atomic::AtomicBool>,
+        served: ServedApis,
+    ) -> Self {
         Context {
             client,
             reporter: Reporter {
@@ -64,6 +102,7 @@ impl Context {
                 .build()
                 .expect("HTTP client"),
             metrics: crate::metrics::Metrics::new(),
+            served,
         }
     }
 

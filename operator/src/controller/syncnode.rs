@@ -7,9 +7,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::ByteString;
-use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ObjectMeta, Patch,
+    PatchParams, PostParams,
+};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -22,7 +26,7 @@ use super::{fetch_status, Context, Error};
 use crate::crd::{SyncNode, SyncNodeStatus};
 use crate::render::config::{self as cfg, ResolvedUpstream};
 use crate::render::workload::{self, PodInputs, Workload};
-use crate::render::{self, service, FIELD_MANAGER};
+use crate::render::{self, monitoring, service, FIELD_MANAGER};
 use crate::validate;
 
 /// Annotation overriding where the operator reads the node's `/status` (tests, or nodes reached
@@ -320,6 +324,49 @@ pub async fn reconcile(sn: Arc<SyncNode>, ctx: Arc<Context>) -> Result<Action, E
             )
         }
     };
+
+    // Optional objects, where the cluster serves their APIs.
+    if ctx.served.pdb_v1 {
+        let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &namespace);
+        match monitoring::pdb(&name, &namespace, &sn.spec) {
+            Some(mut p) => {
+                owned(&mut p.metadata, sn.as_ref());
+                apply(&pdbs, &name, &p).await?;
+            }
+            None => {
+                if pdbs.get_opt(&name).await?.is_some() {
+                    pdbs.delete(&name, &DeleteParams::default()).await?;
+                }
+            }
+        }
+    }
+    if ctx.served.service_monitor {
+        let resource = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
+            "servicemonitors",
+        );
+        let monitors: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &namespace, &resource);
+        match monitoring::service_monitor(&name, &namespace, &sn.spec) {
+            Some(json) => {
+                let mut object: DynamicObject =
+                    serde_json::from_value(json).map_err(|e| Error::Serialize(e.to_string()))?;
+                owned(&mut object.metadata, sn.as_ref());
+                monitors
+                    .patch(
+                        &name,
+                        &PatchParams::apply(FIELD_MANAGER).force(),
+                        &Patch::Apply(&object),
+                    )
+                    .await?;
+            }
+            None => {
+                if monitors.get_opt(&name).await?.is_some() {
+                    monitors.delete(&name, &DeleteParams::default()).await?;
+                }
+            }
+        }
+    }
 
     // Status: the node's own report decides Ready and UpstreamConnected.
     let endpoint = cfg::service_url(&name, &namespace, sn.spec.tls.is_some());

@@ -49,6 +49,8 @@ fn node_spec(chain: &str, spec: &SyncChainSpec, n: &ChainNode) -> SyncNodeSpec {
         resources: n.resources.clone(),
         scheduling: n.scheduling.clone(),
         pod_template: None,
+        service_monitor: false,
+        max_unavailable: None,
         paused: false,
     }
 }

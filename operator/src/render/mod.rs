@@ -6,6 +6,7 @@
 
 pub mod chain;
 pub mod config;
+pub mod monitoring;
 pub mod service;
 pub mod workload;
 
