@@ -49,6 +49,8 @@ pub struct Context {
     pub metrics: crate::metrics::Metrics,
     /// Optional APIs this cluster serves (asked once at start).
     pub served: ServedApis,
+    /// Per object: hash of the content last applied and the resourceVersion it produced.
+    pub applied: Mutex<HashMap<String, (String, String)>>,
 }
 
 /// Optional APIs found by discovery.
@@ -103,6 +105,7 @@ impl Context {
                 .expect("HTTP client"),
             metrics: crate::metrics::Metrics::new(),
             served,
+            applied: Mutex::new(HashMap::new()),
         }
     }
 

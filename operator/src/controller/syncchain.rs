@@ -220,13 +220,19 @@ pub async fn reconcile(chain: Arc<SyncChain>, ctx: Arc<Context>) -> Result<Actio
         )])),
         ..Secret::default()
     };
-    apply(&secrets, &chain::directory_secret_name(&name), &dir_secret).await?;
+    apply(
+        &ctx,
+        &secrets,
+        &chain::directory_secret_name(&name),
+        &dir_secret,
+    )
+    .await?;
 
     // The SyncNodes, then removal of those no longer declared.
     let wanted: BTreeSet<String> = desired.iter().map(|n| n.name_any()).collect();
     for mut node in desired {
         owned(&mut node.metadata, &chain);
-        apply(&nodes_api, &node.name_any(), &node).await?;
+        apply(&ctx, &nodes_api, &node.name_any(), &node).await?;
     }
     let existing = nodes_api
         .list(&ListParams::default().labels(&format!("{CHAIN_LABEL}={name}")))

@@ -35,17 +35,35 @@ pub const STATUS_URL_ANNOTATION: &str = "syncrelay.io/status-url";
 /// How often figures are refreshed when nothing else happens.
 const REFRESH: Duration = Duration::from_secs(30);
 
-pub async fn apply<K>(api: &Api<K>, name: &str, object: &K) -> Result<K, Error>
+/// Server-side apply, skipped when this operator already applied the same content and nobody has
+/// changed the object since (same resourceVersion): a steady state costs reads, not writes. Another
+/// writer's change (or an operator restart) makes it apply again.
+pub async fn apply<K>(ctx: &Context, api: &Api<K>, name: &str, object: &K) -> Result<K, Error>
 where
-    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
-    Ok(api
+    use sha2::Digest;
+    let body = serde_json::to_vec(object).map_err(|e| Error::Serialize(e.to_string()))?;
+    let hash = hex::encode(&sha2::Sha256::digest(&body)[..12]);
+    let namespace = object.meta().namespace.clone().unwrap_or_default();
+    let key = format!("{}/{namespace}/{name}", K::kind(&()));
+    if let Some(existing) = api.get_opt(name).await? {
+        let seen = ctx.applied.lock().expect("applied").get(&key).cloned();
+        if seen.is_some_and(|(h, rv)| h == hash && Some(rv) == existing.resource_version()) {
+            return Ok(existing);
+        }
+    }
+    let applied = api
         .patch(
             name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(object),
         )
-        .await?)
+        .await?;
+    if let Some(rv) = applied.resource_version() {
+        ctx.applied.lock().expect("applied").insert(key, (hash, rv));
+    }
+    Ok(applied)
 }
 
 fn owned<K: Resource<DynamicType = ()>>(meta: &mut ObjectMeta, owner: &K) {
@@ -278,13 +296,13 @@ pub async fn reconcile(sn: Arc<SyncNode>, ctx: Arc<Context>) -> Result<Action, E
 
     // Apply: configuration first, then Services, the workload last (it mounts the others).
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-    apply(&cms, &render::config_map_name(&name), &config_map).await?;
+    apply(&ctx, &cms, &render::config_map_name(&name), &config_map).await?;
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
-    apply(&services, &name, &client_service).await?;
+    apply(&ctx, &services, &name, &client_service).await?;
     let peers_name = render::peers_service_name(&name);
     match peers {
         Some(p) => {
-            apply(&services, &peers_name, &p).await?;
+            apply(&ctx, &services, &peers_name, &p).await?;
         }
         None => {
             // Scaled down to one replica: the headless Service is no longer wanted.
@@ -300,7 +318,7 @@ pub async fn reconcile(sn: Arc<SyncNode>, ctx: Arc<Context>) -> Result<Action, E
     let (ready_replicas, updated) = match workload::workload(&name, &namespace, &sn.spec, &inputs) {
         Workload::StatefulSet(mut s) => {
             owned(&mut s.metadata, sn.as_ref());
-            let applied = apply(&sts_api, &name, &s).await?;
+            let applied = apply(&ctx, &sts_api, &name, &s).await?;
             // A role change leaves the other kind behind.
             if deploy_api.get_opt(&name).await?.is_some() {
                 deploy_api.delete(&name, &DeleteParams::default()).await?;
@@ -313,7 +331,7 @@ pub async fn reconcile(sn: Arc<SyncNode>, ctx: Arc<Context>) -> Result<Action, E
         }
         Workload::Deployment(mut d) => {
             owned(&mut d.metadata, sn.as_ref());
-            let applied = apply(&deploy_api, &name, &d).await?;
+            let applied = apply(&ctx, &deploy_api, &name, &d).await?;
             if sts_api.get_opt(&name).await?.is_some() {
                 sts_api.delete(&name, &DeleteParams::default()).await?;
             }
@@ -331,7 +349,7 @@ pub async fn reconcile(sn: Arc<SyncNode>, ctx: Arc<Context>) -> Result<Action, E
         match monitoring::pdb(&name, &namespace, &sn.spec) {
             Some(mut p) => {
                 owned(&mut p.metadata, sn.as_ref());
-                apply(&pdbs, &name, &p).await?;
+                apply(&ctx, &pdbs, &name, &p).await?;
             }
             None => {
                 if pdbs.get_opt(&name).await?.is_some() {
