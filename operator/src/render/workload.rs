@@ -25,7 +25,8 @@ use crate::crd::{SyncNodeSpec, NODE_PORT};
 
 /// Image used when the spec names none: this operator's own release.
 pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/syncrelay/syncrelay:", env!("CARGO_PKG_VERSION"));
-const UID: i64 = 10001;
+/// The image's non-root user (distroless `nonroot`).
+const UID: i64 = 65532;
 
 pub enum Workload {
     StatefulSet(Box<StatefulSet>),
