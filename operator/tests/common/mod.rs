@@ -149,7 +149,7 @@ impl ControlPlane {
                 .arg(&key)
                 .arg("--service-account-signing-key-file")
                 .arg(&key)
-                .args(["--service-cluster-ip-range", "10.0.0.0/24"])
+                .args(["--service-cluster-ip-range", "10.0.0.0/16"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
