@@ -53,7 +53,11 @@ async fn api_writes(cp: &ControlPlane) -> u64 {
                 .any(|v| l.contains(&format!("verb=\"{v}\"")))
         })
         // Only the kinds the operator manages (not the API server's own leases and events).
-        .filter(|l| MANAGED.iter().any(|r| l.contains(&format!("resource=\"{r}\""))))
+        .filter(|l| {
+            MANAGED
+                .iter()
+                .any(|r| l.contains(&format!("resource=\"{r}\"")))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }

@@ -80,7 +80,15 @@ async fn wait_ready(url: &str) {
 }
 
 impl ControlPlane {
+    /// A control plane with the CRDs from `crds/` installed.
     pub async fn start(with_controller_manager: bool) -> ControlPlane {
+        let cp = Self::start_bare(with_controller_manager).await;
+        cp.install_crds().await;
+        cp
+    }
+
+    /// A control plane without CRDs (for installing the Helm chart).
+    pub async fn start_bare(with_controller_manager: bool) -> ControlPlane {
         let bin = assets();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -195,7 +203,7 @@ impl ControlPlane {
                     .expect("start kube-controller-manager"),
             )
         });
-        let cp = ControlPlane {
+        ControlPlane {
             dir,
             kubeconfig,
             url,
@@ -204,9 +212,7 @@ impl ControlPlane {
             _controller_manager: controller_manager,
             _apiserver: apiserver,
             _etcd: etcd,
-        };
-        cp.install_crds().await;
-        cp
+        }
     }
 
     pub async fn client(&self) -> Client {
