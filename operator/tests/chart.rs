@@ -156,3 +156,32 @@ async fn helm_install_creates_the_operators_objects() {
     });
     assert_eq!(status_rule.unwrap().verbs, vec!["patch".to_string()]);
 }
+
+/// Every SyncChain in examples/ parses into the CRD type and passes the operator's validation.
+#[test]
+fn examples_are_valid_chains() {
+    let mut found = 0;
+    let mut stack = vec![repo().join("examples")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let value: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+            if value["kind"].as_str() == Some("SyncChain") {
+                let chain: syncrelay_operator::crd::SyncChain = serde_yaml::from_value(value)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                syncrelay_operator::validate::sync_chain(&chain.spec)
+                    .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+                found += 1;
+            }
+        }
+    }
+    assert_eq!(found, 4, "SyncChain examples");
+}
