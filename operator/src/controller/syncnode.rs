@@ -190,6 +190,8 @@ async fn resolve_upstreams(
     Ok(Ok(out))
 }
 
+static KEYGEN: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// Creates `<node>-identity` once (Ed25519 + RSA-3072 + the replicas' shared auth secret); an
 /// existing one is kept as it is, so the node's identity survives every reconcile.
 pub async fn ensure_identity(
@@ -202,6 +204,13 @@ pub async fn ensure_identity(
     if let Some(existing) = api.get_opt(&name).await? {
         return Ok(existing);
     }
+    // RSA-3072 generation is CPU-heavy: at most one per core at a time, so that a burst of new
+    // nodes neither starves the reconciler nor spawns hundreds of blocking threads (each of which
+    // would keep its own allocator arena resident).
+    let _permit = KEYGEN
+        .acquire()
+        .await
+        .map_err(|e| Error::Identity(e.to_string()))?;
     let identity = tokio::task::spawn_blocking(Identity::generate)
         .await
         .map_err(|e| Error::Identity(e.to_string()))?

@@ -16,6 +16,12 @@ use kube::{Client, Config};
 
 pub struct Proc(Child);
 
+impl From<Child> for Proc {
+    fn from(child: Child) -> Self {
+        Proc(child)
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -23,7 +29,19 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
+/// A binary of this workspace, built beside the test executables (target/<profile>/).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        bin.exists(),
+        "{} not built (run the workspace's tests)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -262,7 +280,7 @@ impl ControlPlane {
     pub fn start_operator_with(&mut self, extra: &[&str]) -> usize {
         let port = free_port();
         self.probe_ports.push(port);
-        let child = Command::new(env!("CARGO_BIN_EXE_syncrelay-operator"))
+        let child = Command::new(workspace_bin("syncrelay-operator"))
             .args(["run", "--probe-addr", &format!("127.0.0.1:{port}")])
             .args(extra)
             .env("KUBECONFIG", &self.kubeconfig)

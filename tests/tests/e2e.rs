@@ -1,0 +1,386 @@
+//! End to end: the Helm chart installed into a real API server, the operator reconciling a SyncChain,
+//! and real `syncrelay-node` processes started from exactly what the operator rendered (ConfigMap
+//! node config, identity and directory Secrets, the pod's instance name) with the Services' names
+//! mapped to loopback. Alice writes at one edge, Bob reads at another; the chain's status reports
+//! the nodes Ready with their lag; an added edge joins and a revoked user is refused.
+
+#[path = "../../operator/tests/common/mod.rs"]
+mod control;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use control::{eventually, free_port, workspace_bin, ControlPlane, Proc};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::ByteString;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use syncrelay_node::client::{HttpTransport, RemoteSession, RemoteStore, SessionOptions};
+use syncrelay_node::config::NodeConfig;
+use syncrelay_node::crypto::keys::Identity;
+use syncrelay_node::directory::{DirectoryFile, TenantFile, UserEntry};
+use syncrelay_node::store::ContentAddressedStore;
+use syncrelay_node::wire::{StoreId, StoreKind};
+use syncrelay_operator::crd::{SyncChain, SyncNode};
+
+const TENANT: &str = "acme";
+const DB: &str = "contacts";
+
+fn vector_identity(name: &str) -> (String, Identity) {
+    let keys = syncrelay_node::testdata::load("keys.json");
+    let id = &keys["identities"][name];
+    (
+        id["username"].as_str().unwrap().to_string(),
+        Identity::from_pkcs8_pem(
+            id["signingPrivateKeyPkcs8"].as_str().unwrap(),
+            id["encryptionPrivateKeyPkcs8"].as_str().unwrap(),
+        )
+        .unwrap(),
+    )
+}
+
+fn users_directory(alice_revoked: bool) -> String {
+    let mut file = DirectoryFile::default();
+    let user = |name: &str, revoked: bool| {
+        let (username, id) = vector_identity(name);
+        UserEntry {
+            username,
+            signing_public_key: id.signing_public_pem,
+            encryption_public_key: id.encryption_public_pem,
+            revoked,
+        }
+    };
+    file.tenants.insert(
+        TENANT.into(),
+        TenantFile {
+            users: vec![user("alice", alice_revoked), user("bob", false)],
+            ..TenantFile::default()
+        },
+    );
+    serde_yaml::to_string(&file).unwrap()
+}
+
+fn user_store(url: &str, who: &str) -> RemoteStore {
+    let (username, identity) = vector_identity(who);
+    let session = RemoteSession::new(
+        url,
+        Arc::new(HttpTransport::new(url, None, Duration::from_secs(30)).unwrap()),
+        TENANT,
+        SessionOptions {
+            username,
+            identity: Arc::new(identity),
+            node_id: format!("e2e-{who}"),
+            max_attempts: 2,
+            backoff_base: Duration::from_millis(100),
+        },
+    );
+    RemoteStore::new(
+        Arc::new(session),
+        StoreId::new(TENANT, DB, StoreKind::Docs).unwrap(),
+    )
+}
+
+/// One node process run from the operator's rendering, as its pod would run it.
+struct RunningNode {
+    _process: Proc,
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+fn secret_file(secret: &Secret, key: &str, path: &Path) {
+    let data = secret.data.as_ref().unwrap();
+    std::fs::write(path, &data[key].0).unwrap();
+}
+
+/// Copies the chain's directory Secret into a node's directory file (what the kubelet does for a
+/// mounted Secret).
+fn write_directory(dir: &Path, directory: &Secret) {
+    let tmp = dir.join("directory.yaml.tmp");
+    secret_file(directory, "directory.yaml", &tmp);
+    std::fs::rename(tmp, dir.join("directory.yaml")).unwrap();
+}
+
+async fn run_node(client: &kube::Client, node: &str, ports: &BTreeMap<String, u16>) -> RunningNode {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let yaml = cms
+        .get(&format!("{node}-config"))
+        .await
+        .unwrap()
+        .data
+        .unwrap()["node.yaml"]
+        .clone();
+    let mut config: NodeConfig = serde_yaml::from_str(&yaml).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let identity = secrets.get(&format!("{node}-identity")).await.unwrap();
+    secret_file(&identity, "signing.pem", &d.join("signing.pem"));
+    secret_file(&identity, "encryption.pem", &d.join("encryption.pem"));
+    secret_file(&identity, "auth-secret", &d.join("auth-secret"));
+    let chain_directory = secrets.get("e2e-directory").await.unwrap();
+    write_directory(d, &chain_directory);
+    // Mounted paths → this folder; Service names → loopback ports.
+    config.listen = ([127, 0, 0, 1], ports[node]).into();
+    config.data_dir = d.join("data");
+    config.identity.signing_key_file = Some(d.join("signing.pem"));
+    config.identity.encryption_key_file = Some(d.join("encryption.pem"));
+    config.auth.secret_file = Some(d.join("auth-secret"));
+    config.directory_file = Some(d.join("directory.yaml"));
+    config.sync.interval_ms = 300;
+    for upstream in &mut config.upstreams {
+        let host = upstream
+            .url
+            .trim_start_matches("http://")
+            .split('.')
+            .next()
+            .unwrap()
+            .to_string();
+        upstream.url = format!("http://127.0.0.1:{}", ports[&host]);
+    }
+    std::fs::write(d.join("node.yaml"), config.to_yaml()).unwrap();
+    let child = Command::new(workspace_bin("syncrelay-node"))
+        .args(["serve", "--config"])
+        .arg(d.join("node.yaml"))
+        .env("SYNCRELAY_INSTANCE", format!("{node}-0"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{}", ports[node]);
+    let http = reqwest::Client::new();
+    eventually(&format!("{node} serving"), || async {
+        http.get(format!("{url}/health")).send().await.is_ok()
+    })
+    .await;
+    // The operator reads this node's /status through the loopback address.
+    let nodes: Api<SyncNode> = Api::namespaced(client.clone(), "default");
+    nodes
+        .patch(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"syncrelay.io/status-url": format!("{url}/status")}}})),
+        )
+        .await
+        .unwrap();
+    RunningNode {
+        _process: Proc::from(child),
+        url,
+        dir,
+    }
+}
+
+fn chain(nodes: serde_json::Value) -> SyncChain {
+    serde_json::from_value(json!({
+        "apiVersion": "syncrelay.io/v1alpha1", "kind": "SyncChain",
+        "metadata": {"name": "e2e", "namespace": "default"},
+        "spec": {"directorySecret": "acme-users", "databases": [{"tenant": TENANT, "db": DB}], "nodes": nodes}
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chain_the_operator_wired_carries_data() {
+    let mut cp = ControlPlane::start_bare(true).await;
+    // The chart, as a user installs it (its CRDs included).
+    let helm = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/helm.sh"))
+        .output()
+        .unwrap();
+    let helm = String::from_utf8(helm.stdout).unwrap().trim().to_string();
+    let installed = Command::new(&helm)
+        .args(["install", "syncrelay"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/syncrelay"))
+        .args(["--namespace", "default", "--kubeconfig"])
+        .arg(&cp.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        installed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&installed.stderr)
+    );
+    let client = cp.client().await;
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    eventually("CRDs from the chart established", || async {
+        crds.get_opt("syncchains.syncrelay.io")
+            .await
+            .unwrap()
+            .and_then(|c| c.status)
+            .is_some_and(|s| {
+                s.conditions
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            })
+    })
+    .await;
+    // No kubelet runs the chart's Deployment: the operator runs here, from the same binary.
+    cp.start_operator();
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let users = |revoked: bool| Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("acme-users".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "directory.yaml".to_string(),
+            ByteString(users_directory(revoked).into_bytes()),
+        )])),
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &users(false))
+        .await
+        .unwrap();
+    let chains: Api<SyncChain> = Api::namespaced(client.clone(), "default");
+    let three_hops = json!([
+        {"name": "origin", "role": "origin"},
+        {"name": "relay", "role": "relay", "upstreams": ["origin"]},
+        {"name": "edge1", "role": "edge", "upstreams": ["relay"]},
+        {"name": "edge2", "role": "edge", "upstreams": ["relay"]}
+    ]);
+    chains
+        .create(&PostParams::default(), &chain(three_hops.clone()))
+        .await
+        .unwrap();
+    let names = [
+        "e2e-origin",
+        "e2e-relay",
+        "e2e-edge1",
+        "e2e-edge2",
+        "e2e-edge3",
+    ];
+    let ports: BTreeMap<String, u16> = names.iter().map(|n| (n.to_string(), free_port())).collect();
+    eventually("the chain's directory lists the four nodes", || async {
+        secrets
+            .get_opt("e2e-directory")
+            .await
+            .unwrap()
+            .is_some_and(|s| {
+                String::from_utf8_lossy(&s.data.unwrap()["directory.yaml"].0)
+                    .matches("name: CN=e2e-")
+                    .count()
+                    == 4
+            })
+    })
+    .await;
+    let mut running = BTreeMap::new();
+    for node in &names[..4] {
+        running.insert(node.to_string(), run_node(&client, node, &ports).await);
+    }
+
+    // Alice writes at edge1; Bob reads at edge2.
+    let alice = user_store(&running["e2e-edge1"].url, "alice");
+    let written: Vec<_> = (0..20)
+        .map(|n| {
+            syncrelay_node::demo::author_entry(
+                &vector_identity("alice").1,
+                "doc",
+                n,
+                format!("ciphertext {n}").into_bytes(),
+            )
+        })
+        .collect();
+    let outcome = alice.push_entries(written.clone()).await.unwrap();
+    assert!(outcome.rejected.is_empty(), "{:?}", outcome.rejected);
+    let bob = user_store(&running["e2e-edge2"].url, "bob");
+    let ids: Vec<String> = written.iter().map(|e| e.metadata.id.clone()).collect();
+    let read = bob.get_entries(&ids).await.unwrap();
+    assert_eq!(read.len(), 20);
+    assert_eq!(read[5].encrypted_data, written[5].encrypted_data);
+
+    // The chain's status: every node Ready, with its real lag.
+    eventually("the chain reports Ready", || async {
+        chains.get("e2e").await.unwrap().status.is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                && s.nodes.iter().all(|n| n.ready && n.lag.is_some())
+        })
+    })
+    .await;
+    // Figures are refreshed from the nodes' /status (every 30 s, or on any change of the SyncNode).
+    eventually("the chain reports the relay's 20 entries and no lag", || async {
+        chains.get("e2e").await.unwrap().status.is_some_and(|s| {
+            s.nodes.iter().any(|n| n.name == "relay" && n.entries == Some(20) && n.lag == Some(0))
+        })
+    })
+    .await;
+
+    // The chain grows: edge3 is rendered, started from its rendering, and serves Bob.
+    let mut four = three_hops.as_array().unwrap().clone();
+    four.push(json!({"name": "edge3", "role": "edge", "upstreams": ["relay"]}));
+    chains
+        .patch(
+            "e2e",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"nodes": four}})),
+        )
+        .await
+        .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    eventually("edge3 rendered and in the directory", || async {
+        cms.get_opt("e2e-edge3-config").await.unwrap().is_some()
+            && secrets
+                .get("e2e-directory")
+                .await
+                .unwrap()
+                .data
+                .is_some_and(|d| {
+                    String::from_utf8_lossy(&d["directory.yaml"].0).contains("CN=e2e-edge3.default")
+                })
+    })
+    .await;
+    // The relay must trust edge3's identity: refresh every mounted directory, as the kubelet would.
+    let directory = secrets.get("e2e-directory").await.unwrap();
+    for node in running.values() {
+        write_directory(node.dir.path(), &directory);
+    }
+    running.insert(
+        "e2e-edge3".into(),
+        run_node(&client, "e2e-edge3", &ports).await,
+    );
+    let bob3 = user_store(&running["e2e-edge3"].url, "bob");
+    assert_eq!(bob3.get_entries(&ids).await.unwrap().len(), 20);
+
+    // Revoking Alice in the users' Secret reaches the chain's directory and every node.
+    secrets
+        .replace("acme-users", &PostParams::default(), &{
+            let mut s = users(true);
+            s.metadata.resource_version = secrets
+                .get("acme-users")
+                .await
+                .unwrap()
+                .metadata
+                .resource_version;
+            s
+        })
+        .await
+        .unwrap();
+    eventually("the chain's directory revokes alice", || async {
+        secrets
+            .get("e2e-directory")
+            .await
+            .unwrap()
+            .data
+            .is_some_and(|d| {
+                String::from_utf8_lossy(&d["directory.yaml"].0).contains("revoked: true")
+            })
+    })
+    .await;
+    let directory = secrets.get("e2e-directory").await.unwrap();
+    for node in running.values() {
+        write_directory(node.dir.path(), &directory);
+    }
+    for (name, node) in &running {
+        let fresh = user_store(&node.url, "alice");
+        let refused = fresh.get_store_head().await;
+        assert!(refused.is_err(), "{name} still serves a revoked user");
+    }
+}
