@@ -306,11 +306,16 @@ async fn a_chain_the_operator_wired_carries_data() {
     })
     .await;
     // Figures are refreshed from the nodes' /status (every 30 s, or on any change of the SyncNode).
-    eventually("the chain reports the relay's 20 entries and no lag", || async {
-        chains.get("e2e").await.unwrap().status.is_some_and(|s| {
-            s.nodes.iter().any(|n| n.name == "relay" && n.entries == Some(20) && n.lag == Some(0))
-        })
-    })
+    eventually(
+        "the chain reports the relay's 20 entries and no lag",
+        || async {
+            chains.get("e2e").await.unwrap().status.is_some_and(|s| {
+                s.nodes
+                    .iter()
+                    .any(|n| n.name == "relay" && n.entries == Some(20) && n.lag == Some(0))
+            })
+        },
+    )
     .await;
 
     // The chain grows: edge3 is rendered, started from its rendering, and serves Bob.
