@@ -175,6 +175,42 @@ impl Context {
     }
 }
 
+/// Makes `owner` the controller owner of an object (garbage collection with it).
+pub fn owned<K: Resource<DynamicType = ()>>(meta: &mut kube::api::ObjectMeta, owner: &K) {
+    if let Some(r) = owner.controller_owner_ref(&()) {
+        meta.owner_references = Some(vec![r]);
+    }
+}
+
+/// Writes `status` with server-side apply when it differs from `current` (no write, no watch
+/// event, no reconcile loop).
+pub async fn write_status<K, S>(
+    api: &kube::Api<K>,
+    object: &K,
+    current: Option<&S>,
+    status: S,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: PartialEq + serde::Serialize,
+{
+    if current == Some(&status) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &object.name_any(),
+        &kube::api::PatchParams::apply(crate::render::FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Reads a node's `/status` (short timeout: a slow node must not stall reconciles).
 pub async fn fetch_status(
     http: &reqwest::Client,

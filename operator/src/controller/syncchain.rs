@@ -9,46 +9,18 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::ByteString;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta};
 use kube::runtime::controller::Action;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use syncrelay_node::directory::DirectoryFile;
 
 use super::conditions::{self, Want};
 use super::syncnode::apply;
-use super::{Context, Error};
+use super::{owned, write_status, Context, Error};
 use crate::crd::{ChainNodeStatus, SyncChain, SyncChainStatus, SyncNode};
+use crate::render;
 use crate::render::chain::{self, NodeKeys, CHAIN_LABEL};
-use crate::render::{self, FIELD_MANAGER};
 use crate::validate;
-
-async fn write_status(
-    api: &Api<SyncChain>,
-    chain: &SyncChain,
-    status: SyncChainStatus,
-) -> Result<(), Error> {
-    if chain.status.as_ref() == Some(&status) {
-        return Ok(());
-    }
-    let patch = serde_json::json!({
-        "apiVersion": "syncrelay.io/v1alpha1",
-        "kind": "SyncChain",
-        "status": status,
-    });
-    api.patch_status(
-        &chain.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
-}
-
-fn owned(meta: &mut ObjectMeta, chain: &SyncChain) {
-    if let Some(r) = chain.controller_owner_ref(&()) {
-        meta.owner_references = Some(vec![r]);
-    }
-}
 
 /// The public keys of a node's generated identity, once its SyncNode reconciler created it.
 async fn node_keys(secrets: &Api<Secret>, node: &str) -> Result<Option<NodeKeys>, Error> {
@@ -126,7 +98,8 @@ pub async fn reconcile(chain: Arc<SyncChain>, ctx: Arc<Context>) -> Result<Actio
         );
         write_status(
             &chains,
-            &chain,
+            chain.as_ref(),
+            chain.status.as_ref(),
             SyncChainStatus {
                 observed_generation: chain.metadata.generation,
                 conditions,
@@ -183,7 +156,8 @@ pub async fn reconcile(chain: Arc<SyncChain>, ctx: Arc<Context>) -> Result<Actio
             );
             write_status(
                 &chains,
-                &chain,
+                chain.as_ref(),
+                chain.status.as_ref(),
                 SyncChainStatus {
                     observed_generation: chain.metadata.generation,
                     conditions,
@@ -207,7 +181,7 @@ pub async fn reconcile(chain: Arc<SyncChain>, ctx: Arc<Context>) -> Result<Actio
         labels: Some(BTreeMap::from([(CHAIN_LABEL.to_string(), name.clone())])),
         ..ObjectMeta::default()
     };
-    owned(&mut dir_meta, &chain);
+    owned(&mut dir_meta, chain.as_ref());
     let dir_secret = Secret {
         metadata: dir_meta,
         data: Some(BTreeMap::from([(
@@ -231,7 +205,7 @@ pub async fn reconcile(chain: Arc<SyncChain>, ctx: Arc<Context>) -> Result<Actio
     // The SyncNodes, then removal of those no longer declared.
     let wanted: BTreeSet<String> = desired.iter().map(|n| n.name_any()).collect();
     for mut node in desired {
-        owned(&mut node.metadata, &chain);
+        owned(&mut node.metadata, chain.as_ref());
         apply(&ctx, &nodes_api, &node.name_any(), &node).await?;
     }
     let existing = nodes_api
@@ -308,7 +282,8 @@ pub async fn reconcile(chain: Arc<SyncChain>, ctx: Arc<Context>) -> Result<Actio
     );
     write_status(
         &chains,
-        &chain,
+        chain.as_ref(),
+        chain.status.as_ref(),
         SyncChainStatus {
             observed_generation: chain.metadata.generation,
             conditions,

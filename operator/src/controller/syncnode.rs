@@ -22,7 +22,7 @@ use syncrelay_node::config::Role;
 use syncrelay_node::crypto::keys::Identity;
 
 use super::conditions::{self, Want};
-use super::{fetch_status, Context, Error};
+use super::{fetch_status, owned, write_status, Context, Error};
 use crate::crd::{SyncNode, SyncNodeStatus};
 use crate::render::config::{self as cfg, ResolvedUpstream};
 use crate::render::workload::{self, PodInputs, Workload};
@@ -64,35 +64,6 @@ where
         ctx.applied.lock().expect("applied").insert(key, (hash, rv));
     }
     Ok(applied)
-}
-
-fn owned<K: Resource<DynamicType = ()>>(meta: &mut ObjectMeta, owner: &K) {
-    if let Some(r) = owner.controller_owner_ref(&()) {
-        meta.owner_references = Some(vec![r]);
-    }
-}
-
-/// Writes the status when it differs from the current one (no write, no watch event, no loop).
-async fn write_status(
-    api: &Api<SyncNode>,
-    sn: &SyncNode,
-    status: SyncNodeStatus,
-) -> Result<(), Error> {
-    if sn.status.as_ref() == Some(&status) {
-        return Ok(());
-    }
-    let patch = serde_json::json!({
-        "apiVersion": "syncrelay.io/v1alpha1",
-        "kind": "SyncNode",
-        "status": status,
-    });
-    api.patch_status(
-        &sn.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
 }
 
 /// Marks the node Degraded with `message`, publishes a Warning Event, touches nothing else.
@@ -145,6 +116,7 @@ async fn degrade(
     write_status(
         api,
         sn,
+        sn.status.as_ref(),
         SyncNodeStatus {
             observed_generation: sn.metadata.generation,
             conditions,
@@ -503,7 +475,7 @@ pub async fn reconcile(sn: Arc<SyncNode>, ctx: Arc<Context>) -> Result<Action, E
                 .map(|t| t.to_string())
         }),
     };
-    write_status(&api, &sn, status).await?;
+    write_status(&api, sn.as_ref(), sn.status.as_ref(), status).await?;
     ctx.reset_backoff(&format!("SyncNode/{namespace}/{name}"));
     Ok(Action::requeue(REFRESH))
 }
