@@ -236,6 +236,13 @@ impl Link {
         let chain: Vec<String> = std::iter::once(remote.node_id.clone())
             .chain(remote.chain.clone())
             .collect();
+        // A remote with upstreams whose own chain is still unknown (both just started) is asked
+        // again at the next check instead of being trusted for the refresh period.
+        let incomplete =
+            remote.chain.is_empty() && remote.links.iter().any(|l| l.kind == LinkKind::Upstream);
+        if incomplete {
+            h.chain_checked = None;
+        }
         h.node_id = Some(remote.node_id);
         h.chain = remote.chain;
         h.cycle = chain.iter().any(|id| id == own_id);
