@@ -143,16 +143,6 @@ async fn sync_with_link(
         batch_size: state.config.sync.batch_size,
         max_in_flight: state.config.sync.max_in_flight,
     };
-    let metrics = &state.metrics;
-    let labels = |direction: &'static str| {
-        [
-            link.name.clone(),
-            id.tenant_id.clone(),
-            id.db_id.clone(),
-            id.kind.as_str().to_string(),
-            direction.to_string(),
-        ]
-    };
     if want.pull {
         let key = state_key(&link.name, "pull", id);
         let mut cursor = load_state(state, &key);
@@ -173,32 +163,7 @@ async fn sync_with_link(
         )
         .await?;
         save_state(state, &key, &cursor);
-        metrics
-            .sync_entries
-            .with_label_values(&[&link.name, "pull"])
-            .inc_by(report.transferred);
-        metrics
-            .sync_bytes
-            .with_label_values(&[&link.name, "pull"])
-            .inc_by(report.bytes);
-        metrics
-            .bloom_rechecks
-            .with_label_values(&[&link.name])
-            .inc_by(report.bloom_false_positives);
-        metrics
-            .sync_lag
-            .with_label_values(&labels("pull").each_ref().map(String::as_str))
-            .set(report.lag as i64);
-        if report.transferred > 0 {
-            tracing::info!(link = %link.name, store = %id, entries = report.transferred,
-                full_scan = report.full_scan, "pulled");
-        }
-        link.update_figures(id, |f| {
-            f.pull_lag = report.lag;
-            f.pulled += report.transferred;
-            f.full_scans += u64::from(report.full_scan);
-            f.last_sync_ms = Some(crate::server::now_ms());
-        });
+        record_pass(state, link, id, Direction::Pull, &report);
     }
     if want.push {
         // Everything queued before this pass starts is delivered when it succeeds.
@@ -227,35 +192,104 @@ async fn sync_with_link(
             tracing::warn!(link = %link.name, store = %id, id = %r.id, reason = %r.reason,
                 "upstream rejected an entry");
         }
-        metrics
-            .sync_entries
-            .with_label_values(&[&link.name, "push"])
-            .inc_by(report.transferred);
-        metrics
-            .sync_bytes
-            .with_label_values(&[&link.name, "push"])
-            .inc_by(report.bytes);
-        metrics
-            .sync_lag
-            .with_label_values(&labels("push").each_ref().map(String::as_str))
-            .set(report.lag as i64);
-        if report.transferred > 0 {
-            tracing::info!(link = %link.name, store = %id, entries = report.transferred, "pushed");
-        }
-        link.update_figures(id, |f| {
-            f.push_lag = report.lag;
-            f.pushed += report.transferred;
-            f.full_scans += u64::from(report.full_scan);
-            f.last_sync_ms = Some(crate::server::now_ms());
-        });
+        record_pass(state, link, id, Direction::Push, &report);
     }
     Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Pull,
+    Push,
+}
+
+impl Direction {
+    fn label(self) -> &'static str {
+        match self {
+            Direction::Pull => "pull",
+            Direction::Push => "push",
+        }
+    }
+}
+
+/// Metrics, log line and per-link figures of one successful pass.
+fn record_pass(
+    state: &SharedState,
+    link: &Link,
+    id: &StoreId,
+    direction: Direction,
+    report: &engine::SyncReport,
+) {
+    let metrics = &state.metrics;
+    let dir = direction.label();
+    metrics
+        .sync_entries
+        .with_label_values(&[&link.name, dir])
+        .inc_by(report.transferred);
+    metrics
+        .sync_bytes
+        .with_label_values(&[&link.name, dir])
+        .inc_by(report.bytes);
+    metrics
+        .bloom_rechecks
+        .with_label_values(&[&link.name])
+        .inc_by(report.bloom_false_positives);
+    metrics
+        .sync_lag
+        .with_label_values(&[&link.name, &id.tenant_id, &id.db_id, id.kind.as_str(), dir])
+        .set(report.lag as i64);
+    if report.transferred > 0 {
+        tracing::info!(link = %link.name, store = %id, entries = report.transferred,
+            full_scan = report.full_scan, direction = dir, "synced");
+    }
+    link.update_figures(id, |f| {
+        match direction {
+            Direction::Pull => {
+                f.pull_lag = report.lag;
+                f.pulled += report.transferred;
+            }
+            Direction::Push => {
+                f.push_lag = report.lag;
+                f.pushed += report.transferred;
+            }
+        }
+        f.full_scans += u64::from(report.full_scan);
+        f.last_sync_ms = Some(crate::server::now_ms());
+    });
+}
+
+/// Counts a failed pass and logs it once per new failure, not once per retry of the same outage.
+fn record_failure(state: &SharedState, link: &Link, id: &StoreId, error: &StoreError) {
+    let kind = if error.is_transient() {
+        "transient"
+    } else {
+        "permanent"
+    };
+    state
+        .metrics
+        .sync_errors
+        .with_label_values(&[&link.name, kind])
+        .inc();
+    if link.record_error(error) {
+        tracing::warn!(link = %link.name, store = %id, error = %error, "sync pass failed");
+    } else {
+        tracing::debug!(link = %link.name, store = %id, error = %error, "sync pass failed again");
+    }
 }
 
 /// One store, all its links.
 async fn sync_store(state: &SharedState, id: &StoreId, want: Want) {
     let own_id = state.node_id.clone();
+    let failover = state
+        .links
+        .as_ref()
+        .is_some_and(|l| l.mode == UpstreamMode::Failover);
+    let mut upstream_served = false;
     for link in links_for_pass(state) {
+        // Failover: one healthy upstream is enough; the others are skipped, peers are not.
+        if failover && upstream_served && link.kind == LinkKind::Upstream {
+            continue;
+        }
         match link.check_chain(&own_id).await {
             Ok(_) => {}
             Err(LinkError::Cycle { .. }) if link.kind == LinkKind::Peer => {
@@ -278,48 +312,9 @@ async fn sync_store(state: &SharedState, id: &StoreId, want: Want) {
         match sync_with_link(state, &link, id, want).await {
             Ok(()) => {
                 link.record_success();
-                let failover = state
-                    .links
-                    .as_ref()
-                    .is_some_and(|l| l.mode == UpstreamMode::Failover);
-                if link.kind == LinkKind::Upstream && failover {
-                    // Failover: one healthy upstream is enough; skip the others but keep peers.
-                    continue_with_peers_only(state, &link, id, want).await;
-                    return;
-                }
+                upstream_served |= link.kind == LinkKind::Upstream;
             }
-            Err(e) => {
-                link.record_error(&e);
-                let kind = if e.is_transient() {
-                    "transient"
-                } else {
-                    "permanent"
-                };
-                state
-                    .metrics
-                    .sync_errors
-                    .with_label_values(&[&link.name, kind])
-                    .inc();
-                tracing::warn!(link = %link.name, store = %id, error = %e, "sync pass failed");
-            }
-        }
-    }
-}
-
-async fn continue_with_peers_only(state: &SharedState, _done: &Link, id: &StoreId, want: Want) {
-    let peers: Vec<Arc<Link>> = state
-        .links
-        .as_ref()
-        .map(|l| l.peers.clone())
-        .unwrap_or_default();
-    for peer in peers {
-        match sync_with_link(state, &peer, id, want).await {
-            Ok(()) => peer.record_success(),
-            Err(e) => {
-                if peer.record_error(&e) {
-                    tracing::warn!(link = %peer.name, store = %id, error = %e, "sync pass failed");
-                }
-            }
+            Err(e) => record_failure(state, &link, id, &e),
         }
     }
 }
