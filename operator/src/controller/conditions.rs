@@ -51,6 +51,28 @@ pub fn merge(
         .collect()
 }
 
+/// The conditions of an object that cannot be reconciled: each listed type False except
+/// `Degraded`, which is True, all with the same reason and message (in the listed order).
+pub fn failing<'a>(types: &[&'a str], reason: &'a str, message: &str) -> Vec<Want<'a>> {
+    types
+        .iter()
+        .map(|type_| Want {
+            type_,
+            status: *type_ == DEGRADED,
+            reason,
+            message: message.to_string(),
+        })
+        .collect()
+}
+
+/// The message of the condition of `type_`, if there is one.
+pub fn message<'c>(conditions: &'c [Condition], type_: &str) -> Option<&'c str> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.message.as_str())
+}
+
 /// Whether a condition of `type_` is True.
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     conditions
@@ -110,5 +132,30 @@ mod tests {
         assert_eq!(flipped[0].last_transition_time, t1);
         assert_eq!(flipped[0].observed_generation, Some(2));
         assert!(is_true(&flipped, READY));
+    }
+
+    #[test]
+    fn failing_sets_only_degraded_true_in_the_listed_order() {
+        let wanted = failing(&[READY, DEGRADED, UPSTREAM_CONNECTED], "Broken", "why");
+        let got: Vec<(&str, bool, &str)> = wanted
+            .iter()
+            .map(|w| (w.type_, w.status, w.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (READY, false, "why"),
+                (DEGRADED, true, "why"),
+                (UPSTREAM_CONNECTED, false, "why")
+            ]
+        );
+        let merged = merge(
+            &[],
+            wanted,
+            Some(3),
+            &Time("2026-01-01T00:00:00Z".parse().unwrap()),
+        );
+        assert_eq!(message(&merged, DEGRADED), Some("why"));
+        assert_eq!(message(&merged, PROGRESSING), None);
     }
 }

@@ -66,33 +66,18 @@ pub async fn reconcile(chain: Arc<SyncChain>, ctx: Arc<Context>) -> Result<Actio
             .collect::<Vec<_>>()
             .join("; ");
         let reason = "InvalidTopology";
-        let was = old
-            .conditions
-            .iter()
-            .find(|c| c.type_ == conditions::DEGRADED)
-            .map(|c| c.message.clone());
+        let changed = conditions::message(&old.conditions, conditions::DEGRADED) != Some(&message);
         let conditions = conditions::merge(
             &old.conditions,
-            vec![
-                Want {
-                    type_: conditions::READY,
-                    status: false,
-                    reason,
-                    message: message.clone(),
-                },
-                Want {
-                    type_: conditions::PROGRESSING,
-                    status: false,
-                    reason,
-                    message: message.clone(),
-                },
-                Want {
-                    type_: conditions::DEGRADED,
-                    status: true,
-                    reason,
-                    message: message.clone(),
-                },
-            ],
+            conditions::failing(
+                &[
+                    conditions::READY,
+                    conditions::PROGRESSING,
+                    conditions::DEGRADED,
+                ],
+                reason,
+                &message,
+            ),
             chain.metadata.generation,
             &now,
         );
@@ -107,7 +92,7 @@ pub async fn reconcile(chain: Arc<SyncChain>, ctx: Arc<Context>) -> Result<Actio
             },
         )
         .await?;
-        if was.as_deref() != Some(message.as_str()) {
+        if changed {
             ctx.event(chain.as_ref(), true, reason, message).await;
         }
         return Ok(Action::await_change());
@@ -137,20 +122,11 @@ pub async fn reconcile(chain: Arc<SyncChain>, ctx: Arc<Context>) -> Result<Actio
             );
             let conditions = conditions::merge(
                 &old.conditions,
-                vec![
-                    Want {
-                        type_: conditions::READY,
-                        status: false,
-                        reason: "MissingDirectory",
-                        message: message.clone(),
-                    },
-                    Want {
-                        type_: conditions::DEGRADED,
-                        status: true,
-                        reason: "MissingDirectory",
-                        message: message.clone(),
-                    },
-                ],
+                conditions::failing(
+                    &[conditions::READY, conditions::DEGRADED],
+                    "MissingDirectory",
+                    &message,
+                ),
                 chain.metadata.generation,
                 &now,
             );

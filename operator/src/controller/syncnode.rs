@@ -78,41 +78,20 @@ async fn degrade(
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let conditions = conditions::merge(
         &old.conditions,
-        vec![
-            Want {
-                type_: conditions::READY,
-                status: false,
-                reason,
-                message: message.clone(),
-            },
-            Want {
-                type_: conditions::PROGRESSING,
-                status: false,
-                reason,
-                message: message.clone(),
-            },
-            Want {
-                type_: conditions::DEGRADED,
-                status: true,
-                reason,
-                message: message.clone(),
-            },
-            Want {
-                type_: conditions::UPSTREAM_CONNECTED,
-                status: false,
-                reason,
-                message: message.clone(),
-            },
-        ],
+        conditions::failing(
+            &[
+                conditions::READY,
+                conditions::PROGRESSING,
+                conditions::DEGRADED,
+                conditions::UPSTREAM_CONNECTED,
+            ],
+            reason,
+            &message,
+        ),
         sn.metadata.generation,
         &now,
     );
-    let changed = old
-        .conditions
-        .iter()
-        .find(|c| c.type_ == conditions::DEGRADED)
-        .map(|c| &c.message)
-        != Some(&message);
+    let changed = conditions::message(&old.conditions, conditions::DEGRADED) != Some(&message);
     write_status(
         api,
         sn,
