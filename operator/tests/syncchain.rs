@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{eventually, ControlPlane};
-use k8s_openapi::api::core::v1::{Event, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
@@ -160,20 +160,7 @@ async fn chains_become_wired_sync_nodes() {
         })
     })
     .await;
-    let events: Api<Event> = Api::namespaced(client.clone(), "default");
-    eventually("a Warning event for loop", || async {
-        events
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .any(|e| {
-                e.involved_object.name.as_deref() == Some("loop")
-                    && e.type_.as_deref() == Some("Warning")
-            })
-    })
-    .await;
+    common::warning_event_for(&client, "loop").await;
     assert!(nodes
         .list(&ListParams::default().labels("syncrelay.io/chain=loop"))
         .await

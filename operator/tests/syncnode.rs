@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::{eventually, ControlPlane};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret, Service};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
 use serde_json::json;
 use syncrelay_operator::crd::SyncNode;
@@ -208,20 +208,7 @@ async fn sync_nodes_are_reconciled_against_a_real_api_server() {
         condition(&sn, "Degraded").is_some_and(|(s, r, _)| s == "True" && r == "UnknownUpstream")
     })
     .await;
-    let events: Api<Event> = Api::namespaced(client.clone(), "default");
-    eventually("a Warning event for lost", || async {
-        events
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .any(|e| {
-                e.involved_object.name.as_deref() == Some("lost")
-                    && e.type_.as_deref() == Some("Warning")
-            })
-    })
-    .await;
+    common::warning_event_for(&client, "lost").await;
     assert!(sts.get_opt("lost").await.unwrap().is_none());
     assert!(cms.get_opt("lost-config").await.unwrap().is_none());
 

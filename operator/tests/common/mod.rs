@@ -361,3 +361,21 @@ pub fn start_node() -> (Proc, String, tempfile::TempDir) {
         .to_string();
     (Proc(child), url, data)
 }
+
+/// Waits for a Warning Event about the object `name` in `default`.
+pub async fn warning_event_for(client: &Client, name: &str) {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    eventually(&format!("a Warning event for {name}"), || async {
+        events
+            .list(&kube::api::ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|e| {
+                e.involved_object.name.as_deref() == Some(name)
+                    && e.type_.as_deref() == Some("Warning")
+            })
+    })
+    .await;
+}
