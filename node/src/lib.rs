@@ -11,6 +11,7 @@ pub mod auth;
 pub mod bloom;
 pub mod client;
 pub mod config;
+pub mod cpu;
 pub mod crypto;
 pub mod demo;
 pub mod directory;

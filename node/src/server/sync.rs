@@ -11,6 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use rayon::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -21,6 +22,7 @@ use crate::config::Role;
 use crate::crypto::transport::{hybrid_encrypt, SessionKey};
 use crate::directory::{Directory, Principal};
 use crate::store::registry::SharedStore;
+use crate::store::PutSummary;
 use crate::wire::*;
 
 /// Operations served by `POST /:tenantId/sync/:storeKind/:op`.
@@ -373,7 +375,7 @@ pub async fn dispatch(
             let (ctx, db) = ctx!(r.db_id.as_deref());
             check_len("entries", r.entries.len(), MAX_ENTRIES_PER_PUSH)?;
             let entries = r.entries.into_iter().map(Entry::from).collect();
-            Ok(json(&put_entries(&ctx, &db, entries).await?))
+            put_entries(&ctx, &db, entries).await
         }
         _ => {
             let db = parse_json::<DbRequest>(&body)?.db_id;
@@ -449,17 +451,72 @@ fn wrap_entries(
 }
 
 /// The push pipeline: existing ids acknowledged with the stored record, new ones verified (and
-/// stamped by a witness), then stored per role: locally (origin, peer), locally and forwarded
-/// upstream with the upstream's receipts returned (relay; queued when the upstream is away), or only
-/// forwarded (edge, passthrough). Rejections are reported per entry.
+/// stamped by a witness) on every core, then stored per role: locally (origin, peer), locally and
+/// forwarded upstream with the upstream's receipts returned (relay; queued when the upstream is
+/// away), or only forwarded (edge, passthrough). Rejections are reported per entry.
+///
+/// An origin or peer serialises the response while the store writes (the store's single writer
+/// leaves a core free); it is sent only once the write is durable. Splitting a request into
+/// smaller steps so that the write of one overlaps the verification of the next was measured and
+/// lost: verification already keeps both cores busy, and smaller signature batches cost more.
 pub async fn put_entries(
     ctx: &SyncCtx,
     db: &str,
     entries: Vec<Entry>,
-) -> Result<PutEntriesResponse, ApiError> {
+) -> Result<Response, ApiError> {
     let id = ctx.store_id(db)?;
     let role = ctx.state.config.role;
     let store = ctx.store(db)?;
+    let plan = verify(ctx, db, &store, role, entries).await?;
+    let mut response = PutEntriesResponse {
+        success: true,
+        receipts: plan.receipts,
+        rejected: plan.rejected,
+    };
+    let accepted = plan.accepted;
+    if accepted.is_empty() {
+        return Ok(json(&response));
+    }
+    let to_store = match role {
+        Role::Origin | Role::Peer => {
+            let body = crate::cpu::run(move || serde_json::to_vec(&response));
+            let (written, body) = tokio::join!(store.put_entries(accepted), body);
+            count_ingested(ctx, written?);
+            let body = body
+                .map_err(ApiError::internal)?
+                .map_err(ApiError::internal)?;
+            return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
+        }
+        Role::Relay => {
+            match crate::sync::service::forward_writes(&ctx.state, &id, accepted.clone()).await {
+                Some(outcome) => merge_upstream_verdict(accepted, outcome, &mut response),
+                None => {
+                    tracing::info!(store = %id, entries = accepted.len(), "upstream away: write kept and queued");
+                    crate::sync::service::note_queued(&ctx.state, &id, accepted.len() as u64);
+                    accepted
+                }
+            }
+        }
+        Role::Edge | Role::Passthrough => {
+            let outcome = store.push_entries(accepted.clone()).await?;
+            merge_upstream_verdict(accepted, outcome, &mut response);
+            return Ok(json(&response));
+        }
+    };
+    if !to_store.is_empty() {
+        count_ingested(ctx, store.put_entries(to_store).await?);
+    }
+    Ok(json(&response))
+}
+
+/// Looks up which ids the node already holds, then verifies (and stamps) the rest on the CPU pool.
+async fn verify(
+    ctx: &SyncCtx,
+    db: &str,
+    store: &SharedStore,
+    role: Role,
+    entries: Vec<Entry>,
+) -> Result<ingest::IngestPlan, ApiError> {
     let mut existing = HashMap::new();
     if role.has_local_copy() {
         let ids: Vec<String> = entries.iter().map(|e| e.metadata.id.clone()).collect();
@@ -472,11 +529,11 @@ pub async fn put_entries(
     let state = ctx.state.clone();
     let directory = ctx.directory.clone();
     let tenant = ctx.tenant.clone();
-    let db_owned = db.to_string();
-    let plan = tokio::task::spawn_blocking(move || {
+    let db = db.to_string();
+    let plan = crate::cpu::run(move || {
         let input = IngestInput {
             directory: tenant_dir(&directory, &tenant),
-            db_id: &db_owned,
+            db_id: &db,
             witness: state.config.stamps_witness().then(|| Witness {
                 key: &state.identity.signing,
                 pem: &state.identity.signing_public_pem,
@@ -494,42 +551,15 @@ pub async fn put_entries(
             .with_label_values(&[reason.label()])
             .inc();
     }
-    let mut response = PutEntriesResponse {
-        success: true,
-        receipts: plan.receipts,
-        rejected: plan.rejected,
-    };
-    if plan.accepted.is_empty() {
-        return Ok(response);
-    }
-    let to_store = match role {
-        Role::Origin | Role::Peer => plan.accepted,
-        Role::Relay => {
-            match crate::sync::service::forward_writes(&ctx.state, &id, plan.accepted.clone()).await
-            {
-                Some(outcome) => merge_upstream_verdict(plan.accepted, outcome, &mut response),
-                None => {
-                    tracing::info!(store = %id, entries = plan.accepted.len(), "upstream away: write kept and queued");
-                    crate::sync::service::note_queued(&ctx.state, &id, plan.accepted.len() as u64);
-                    plan.accepted
-                }
-            }
-        }
-        Role::Edge | Role::Passthrough => {
-            let outcome = store.push_entries(plan.accepted.clone()).await?;
-            merge_upstream_verdict(plan.accepted, outcome, &mut response);
-            return Ok(response);
-        }
-    };
-    if !to_store.is_empty() {
-        let summary = store.put_entries(to_store).await?;
-        ctx.state
-            .metrics
-            .entries_ingested
-            .with_label_values(&[&ctx.tenant, ctx.kind.as_str()])
-            .inc_by(summary.inserted.len() as u64);
-    }
-    Ok(response)
+    Ok(plan)
+}
+
+fn count_ingested(ctx: &SyncCtx, summary: PutSummary) {
+    ctx.state
+        .metrics
+        .entries_ingested
+        .with_label_values(&[&ctx.tenant, ctx.kind.as_str()])
+        .inc_by(summary.inserted.len() as u64);
 }
 
 /// Folds the upstream's answer for forwarded entries into the client's response (its receipts
@@ -609,7 +639,7 @@ async fn put_entries_binary(
     check_len("entries", framed.frames.len(), MAX_ENTRIES_PER_PUSH)?;
     let entries = framed
         .frames
-        .iter()
+        .par_iter()
         .enumerate()
         .map(|(i, (meta, payload))| {
             let metadata: EntryMetadata = serde_json::from_slice(meta).map_err(|e| {
@@ -621,5 +651,5 @@ async fn put_entries_binary(
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    Ok(json(&put_entries(&ctx, &db, entries).await?))
+    put_entries(&ctx, &db, entries).await
 }

@@ -2,23 +2,28 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `m` id | `u64be receiptOrder` ‖ metadata JSON (the wire record with this store's receiptOrder) |
-//! | `o` `u64be receiptOrder` id | empty: the scan order |
-//! | `d` `u32be len(docId)` docId id | empty: entries per document |
+//! | `m` id | `u64be receiptOrder` ‖ metadata JSON (the wire record; its receiptOrder is the prefix) |
+//! | `o` `u64be first receiptOrder` | the ids of one batch, in receiptOrder order (see [`IdList`]) |
+//! | `d` `u32be len(docId)` docId `u64be first receiptOrder` | the ids of that document in that batch |
 //! | `p` contentHash | payload bytes, once per distinct hash |
-//! | `s:epoch`, `s:max`, `s:count`, `s:bytes` | store state |
+//! | `s:epoch`, `s:max`, `s:count`, `s:bytes`, `s:format` | store state |
 //!
-//! A batch is one atomic sled batch, flushed before `put_entries` returns, under a per-store write
-//! lock. Readers see entries only up to the *durable watermark* (the highest receiptOrder whose batch
+//! The scan and document indexes hold one key per *batch* rather than per entry: every sled key costs
+//! about as much to write as a whole 1 KiB record, and a batch's entries get consecutive
+//! receiptOrders, so entry `i` of the batch keyed `first` has receiptOrder `first + i`.
+//!
+//! Keeping the receiptOrder out of the JSON lets a batch be checked and serialised on every core
+//! before the write lock is taken; under the lock only numbering and the sled batch remain. A batch
+//! is one atomic sled batch, flushed before `put_entries` returns, under a per-store write lock. Readers see entries only up to the *durable watermark* (the highest receiptOrder whose batch
 //! has been flushed), so nothing is visible that a crash could take back and scans see receiptOrders
 //! in order without gaps.
 
 use std::collections::HashSet;
-use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use rayon::prelude::*;
 use tokio::sync::broadcast;
 
 use super::{
@@ -35,13 +40,16 @@ const EPOCH: &[u8] = b"s:epoch";
 const MAX: &[u8] = b"s:max";
 const COUNT: &[u8] = b"s:count";
 const BYTES: &[u8] = b"s:bytes";
+const FORMAT: &[u8] = b"s:format";
+/// Version of the key layout above; a store written with another layout is refused at open.
+const FORMAT_VERSION: &[u8] = b"2";
 
 fn meta_key(id: &str) -> Vec<u8> {
     [b"m", id.as_bytes()].concat()
 }
 
-fn order_key(ro: u64, id: &str) -> Vec<u8> {
-    [&b"o"[..], &ro.to_be_bytes(), id.as_bytes()].concat()
+fn batch_key(first_ro: u64) -> Vec<u8> {
+    [&b"o"[..], &first_ro.to_be_bytes()].concat()
 }
 
 fn doc_prefix(doc_id: &str) -> Vec<u8> {
@@ -51,6 +59,41 @@ fn doc_prefix(doc_id: &str) -> Vec<u8> {
         doc_id.as_bytes(),
     ]
     .concat()
+}
+
+fn doc_batch_key(doc_id: &str, first_ro: u64) -> Vec<u8> {
+    [doc_prefix(doc_id), first_ro.to_be_bytes().to_vec()].concat()
+}
+
+/// A list of entry ids as stored in the index values: each id as one length byte and its bytes
+/// (ids are at most 64 bytes, spec §1.2).
+#[derive(Debug, Default)]
+struct IdList(Vec<u8>);
+
+impl IdList {
+    fn push(&mut self, id: &str) {
+        debug_assert!(
+            id.len() <= u8::MAX as usize,
+            "ids are validated to 64 bytes"
+        );
+        self.0.push(id.len() as u8);
+        self.0.extend_from_slice(id.as_bytes());
+    }
+
+    /// The ids in `bytes`, or `None` when the value is not a well-formed list.
+    fn decode(bytes: &[u8]) -> Option<Vec<&str>> {
+        let mut ids = Vec::new();
+        let mut rest = bytes;
+        while let Some((&len, tail)) = rest.split_first() {
+            let len = len as usize;
+            if tail.len() < len {
+                return None;
+            }
+            ids.push(std::str::from_utf8(&tail[..len]).ok()?);
+            rest = &tail[len..];
+        }
+        Some(ids)
+    }
 }
 
 fn payload_key(hash: &str) -> Vec<u8> {
@@ -67,6 +110,36 @@ fn read_u64(bytes: Option<sled::IVec>) -> u64 {
 /// Name of the sled tree holding a store.
 pub fn tree_name(id: &StoreId) -> String {
     format!("store/{}/{}/{}", id.tenant_id, id.db_id, id.kind)
+}
+
+/// An entry made ready for a batch outside the write lock: payload checked against its hash, record
+/// serialised with room for the receiptOrder prefix.
+struct Prepared {
+    id: String,
+    doc_id: String,
+    content_hash: String,
+    record: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+fn prepare(entries: Vec<Entry>) -> Result<Vec<Prepared>, StoreError> {
+    entries
+        .into_par_iter()
+        .map(|entry| {
+            check_payload(&entry)?;
+            let mut meta = entry.metadata;
+            meta.receipt_order = None;
+            let mut record = vec![0; 8];
+            serde_json::to_writer(&mut record, &meta).expect("metadata serialises");
+            Ok(Prepared {
+                id: meta.id,
+                doc_id: meta.doc_id,
+                content_hash: meta.content_hash,
+                record,
+                payload: entry.encrypted_data,
+            })
+        })
+        .collect()
 }
 
 pub struct SledStore {
@@ -110,6 +183,22 @@ impl SledStore {
             }
         };
         let visible = read_u64(tree.get(MAX).map_err(err)?);
+        match tree.get(FORMAT).map_err(err)? {
+            Some(f) if f.as_ref() == FORMAT_VERSION => {}
+            None if visible == 0 => {
+                tree.insert(FORMAT, FORMAT_VERSION).map_err(err)?;
+            }
+            other => {
+                return Err(StoreError::Corrupt {
+                    store: id.to_string(),
+                    detail: format!(
+                        "written with key layout {} (this node reads layout {}); sync it again into an empty data directory",
+                        other.map_or("1".into(), |f| String::from_utf8_lossy(&f).into_owned()),
+                        String::from_utf8_lossy(FORMAT_VERSION),
+                    ),
+                });
+            }
+        }
         Ok(SledStore {
             id,
             db,
@@ -152,9 +241,10 @@ impl SledStore {
         if ro > self.visible() {
             return Ok(None);
         }
-        serde_json::from_slice(&raw[8..])
-            .map(Some)
-            .map_err(|e| self.corrupt(format!("metadata of {id}: {e}")))
+        let mut meta: EntryMetadata = serde_json::from_slice(&raw[8..])
+            .map_err(|e| self.corrupt(format!("metadata of {id}: {e}")))?;
+        meta.receipt_order = Some(ro);
+        Ok(Some(meta))
     }
 
     fn is_visible(&self, id: &str) -> Result<bool, StoreError> {
@@ -166,26 +256,48 @@ impl SledStore {
         })
     }
 
-    /// Visible `(receiptOrder, id)` keys strictly after `cursor`.
+    /// Visible `(receiptOrder, id)` pairs strictly after `cursor`, in order, one batch at a time.
     fn order_range(
         &self,
         cursor: Option<&ScanCursor>,
     ) -> impl Iterator<Item = Result<(u64, String), StoreError>> + '_ {
-        let start = match cursor {
-            Some(c) => Bound::Excluded(order_key(c.receipt_order, &c.id)),
-            None => Bound::Included(b"o".to_vec()),
+        let visible = self.visible();
+        let after = cursor.map(|c| (c.receipt_order, c.id.clone()));
+        // Start at the batch holding the cursor's receiptOrder: the last batch key at or below it.
+        let start = match &after {
+            Some((ro, _)) => match self.tree.range(batch_key(0)..=batch_key(*ro)).next_back() {
+                Some(Ok((key, _))) => key.to_vec(),
+                _ => batch_key(0),
+            },
+            None => batch_key(0),
         };
-        let end = Bound::Excluded([&b"o"[..], &(self.visible() + 1).to_be_bytes()].concat());
+        let end = batch_key(visible.saturating_add(1));
         self.tree
-            .range::<Vec<u8>, _>((start, end))
-            .map(move |item| {
-                let (key, _) = item.map_err(self.err())?;
-                let ro =
-                    u64::from_be_bytes(key[1..9].try_into().expect("order key has a receiptOrder"));
-                let id = std::str::from_utf8(&key[9..])
-                    .map_err(|_| self.corrupt("order key id is not UTF-8"))?
-                    .to_string();
-                Ok((ro, id))
+            .range(start..end)
+            .map(move |item| -> Result<Vec<(u64, String)>, StoreError> {
+                let (key, value) = item.map_err(self.err())?;
+                let first = u64::from_be_bytes(
+                    key[1..]
+                        .try_into()
+                        .map_err(|_| self.corrupt("malformed batch key"))?,
+                );
+                let ids = IdList::decode(&value)
+                    .ok_or_else(|| self.corrupt(format!("malformed batch index at {first}")))?;
+                Ok(ids
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, id)| (first + i as u64, id.to_string()))
+                    .filter(|(ro, id)| {
+                        *ro <= visible
+                            && after.as_ref().is_none_or(|(after_ro, after_id)| {
+                                (*ro, id) > (*after_ro, after_id)
+                            })
+                    })
+                    .collect())
+            })
+            .flat_map(|batch| match batch {
+                Ok(pairs) => pairs.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
             })
     }
 
@@ -201,48 +313,51 @@ impl ContentAddressedStore for SledStore {
     }
 
     async fn put_entries(&self, entries: Vec<Entry>) -> Result<PutSummary, StoreError> {
-        for entry in &entries {
-            check_payload(entry)?;
-        }
+        let prepared = crate::cpu::run(move || prepare(entries))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
         let _writer = self.write_lock.lock().await;
         let mut ro = self.visible();
         let mut count = read_u64(self.tree.get(COUNT).map_err(self.err())?);
         let mut bytes = self.payload_bytes_total()?;
         let mut batch = sled::Batch::default();
         let mut inserted = Vec::new();
-        let mut batch_ids = HashSet::new();
         let mut batch_hashes = HashSet::new();
-        for entry in entries {
-            let meta = entry.metadata;
-            if batch_ids.contains(&meta.id)
+        let first = ro + 1;
+        let mut batch_ids = IdList::default();
+        let mut doc_ids: std::collections::BTreeMap<String, IdList> = Default::default();
+        let mut seen = HashSet::new();
+        for entry in prepared {
+            if seen.contains(&entry.id)
                 || self
                     .tree
-                    .contains_key(meta_key(&meta.id))
+                    .contains_key(meta_key(&entry.id))
                     .map_err(self.err())?
             {
                 continue;
             }
             ro += 1;
             count += 1;
-            let pkey = payload_key(&meta.content_hash);
-            if batch_hashes.insert(meta.content_hash.clone())
-                && !self.tree.contains_key(&pkey).map_err(self.err())?
+            let pkey = payload_key(&entry.content_hash);
+            if !self.tree.contains_key(&pkey).map_err(self.err())?
+                && batch_hashes.insert(entry.content_hash)
             {
-                bytes += entry.encrypted_data.len() as u64;
-                batch.insert(pkey, entry.encrypted_data);
+                bytes += entry.payload.len() as u64;
+                batch.insert(pkey, entry.payload);
             }
-            let mut record = ro.to_be_bytes().to_vec();
-            let mut stored = meta;
-            stored.receipt_order = Some(ro);
-            serde_json::to_writer(&mut record, &stored).expect("metadata serialises");
-            batch.insert(meta_key(&stored.id), record);
-            batch.insert(order_key(ro, &stored.id), &[][..]);
-            batch.insert(
-                [doc_prefix(&stored.doc_id), stored.id.as_bytes().to_vec()].concat(),
-                &[][..],
-            );
-            batch_ids.insert(stored.id.clone());
-            inserted.push(stored.id);
+            let mut record = entry.record;
+            record[..8].copy_from_slice(&ro.to_be_bytes());
+            batch.insert(meta_key(&entry.id), record);
+            batch_ids.push(&entry.id);
+            doc_ids.entry(entry.doc_id).or_default().push(&entry.id);
+            seen.insert(entry.id.clone());
+            inserted.push(entry.id);
+        }
+        if !inserted.is_empty() {
+            batch.insert(batch_key(first), batch_ids.0);
+            for (doc, ids) in doc_ids {
+                batch.insert(doc_batch_key(&doc, first), ids.0);
+            }
         }
         if !inserted.is_empty() {
             batch.insert(MAX, &ro.to_be_bytes()[..]);
@@ -372,20 +487,70 @@ impl ContentAddressedStore for SledStore {
         doc_id: &str,
     ) -> Result<Vec<EntryMetadata>, StoreError> {
         let have: HashSet<&str> = have_ids.iter().map(String::as_str).collect();
-        let prefix = doc_prefix(doc_id);
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix(&prefix) {
-            let (key, _) = item.map_err(self.err())?;
-            let id = std::str::from_utf8(&key[prefix.len()..])
-                .map_err(|_| self.corrupt("doc index id is not UTF-8"))?;
-            if have.contains(id) {
-                continue;
-            }
-            if let Some(meta) = self.load_meta(id)? {
-                out.push(meta);
+        for item in self.tree.scan_prefix(doc_prefix(doc_id)) {
+            let (_, value) = item.map_err(self.err())?;
+            let ids = IdList::decode(&value)
+                .ok_or_else(|| self.corrupt(format!("malformed index of document {doc_id}")))?;
+            for id in ids {
+                if have.contains(id) {
+                    continue;
+                }
+                if let Some(meta) = self.load_meta(id)? {
+                    out.push(meta);
+                }
             }
         }
         out.sort_by(|a, b| (a.receipt_order, &a.id).cmp(&(b.receipt_order, &b.id)));
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::StoreKind;
+
+    #[test]
+    fn id_lists_round_trip_and_refuse_truncation() {
+        let mut list = IdList::default();
+        for id in [
+            "a",
+            "",
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ] {
+            list.push(id);
+        }
+        assert_eq!(
+            IdList::decode(&list.0).unwrap(),
+            vec![
+                "a",
+                "",
+                "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+            ]
+        );
+        assert_eq!(IdList::decode(&[]).unwrap(), Vec::<&str>::new());
+        assert!(IdList::decode(&list.0[..list.0.len() - 1]).is_none());
+        assert!(IdList::decode(&[2, 0xff, 0xfe]).is_none(), "not UTF-8");
+    }
+
+    #[test]
+    fn a_store_of_another_key_layout_is_refused_not_misread() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let id = StoreId::new("t", "db", StoreKind::Docs).unwrap();
+        // A layout-1 store: entries but no format marker.
+        let tree = db.open_tree(tree_name(&id)).unwrap();
+        tree.insert(EPOCH, "e").unwrap();
+        tree.insert(MAX, &5u64.to_be_bytes()).unwrap();
+        let (tx, _) = broadcast::channel(1);
+        let err = SledStore::open(db.clone(), id.clone(), tx.clone())
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("key layout 1"), "{err}");
+        // A new store is stamped with the current layout and opens again.
+        let other = StoreId::new("t", "db2", StoreKind::Docs).unwrap();
+        SledStore::open(db.clone(), other.clone(), tx.clone()).unwrap();
+        SledStore::open(db, other, tx).unwrap();
     }
 }
