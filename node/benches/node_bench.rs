@@ -15,7 +15,7 @@ use std::time::Instant;
 use common::*;
 use serde_json::json;
 use syncrelay_node::crypto::transport::{aes_decrypt, SessionKey};
-use syncrelay_node::wire::{b64, framing};
+use syncrelay_node::wire::{b64, framing, BinaryFrameMeta};
 
 const BATCH: usize = 1000;
 
@@ -119,13 +119,8 @@ async fn run() {
         .unwrap();
         rsa_ops += 1;
         for (meta, payload) in &framed.frames {
-            let meta: serde_json::Value = serde_json::from_slice(meta).unwrap();
-            aes_decrypt(
-                &key,
-                &b64::decode(meta["iv"].as_str().unwrap()).unwrap(),
-                payload,
-            )
-            .unwrap();
+            let meta: BinaryFrameMeta = serde_json::from_slice(meta).unwrap();
+            aes_decrypt(&key, &meta.iv.0, payload).unwrap();
             served += 1;
         }
     }

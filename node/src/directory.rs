@@ -25,7 +25,6 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use ed25519_dalek::VerifyingKey;
-use rsa::PublicKey as RsaPublicKey;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::keys::{parse_encryption_public_key, parse_signing_public_key, pem_lookup_key};
@@ -102,7 +101,7 @@ pub struct Principal {
     /// The signing key PEM as written in the directory (trailing whitespace trimmed).
     pub signing_pem: String,
     pub signing_key: VerifyingKey,
-    pub encryption_key: RsaPublicKey,
+    pub encryption_key: crate::crypto::keys::EncryptionPublicKey,
     pub kind: PrincipalKind,
     pub revoked: bool,
 }

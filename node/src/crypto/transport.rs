@@ -7,26 +7,19 @@
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::Aes256Gcm;
 use rand::Rng;
-use rsa::{Oaep, PrivateKey as RsaPrivateKey, PublicKey as RsaPublicKey};
-use sha2::Sha256;
 
+use super::keys::{EncryptionPrivateKey, EncryptionPublicKey};
 use super::CryptoError;
 
 pub const AES_KEY_LEN: usize = 32;
 pub const IV_LEN: usize = 12;
 
-fn oaep() -> Oaep<Sha256> {
-    Oaep::<Sha256>::new()
+pub fn rsa_encrypt(key: &EncryptionPublicKey, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    key.encrypt(plaintext)
 }
 
-pub fn rsa_encrypt(key: &RsaPublicKey, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    key.encrypt(&mut rand::rng(), oaep(), plaintext)
-        .map_err(|e| CryptoError::Rsa(e.to_string()))
-}
-
-pub fn rsa_decrypt(key: &RsaPrivateKey, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    key.decrypt(oaep(), ciphertext)
-        .map_err(|e| CryptoError::Rsa(e.to_string()))
+pub fn rsa_decrypt(key: &EncryptionPrivateKey, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    key.decrypt(ciphertext)
 }
 
 /// AES-256-GCM with a 12-byte IV, tag appended, no AAD.
@@ -63,7 +56,10 @@ pub fn random_iv() -> [u8; IV_LEN] {
 }
 
 /// Classic envelope: `u16be L | RSA-OAEP(aesKey) | iv(12) | AES-GCM(aesKey, iv, payload)`.
-pub fn hybrid_encrypt(reader: &RsaPublicKey, payload: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub fn hybrid_encrypt(
+    reader: &EncryptionPublicKey,
+    payload: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     let key = random_key();
     let iv = random_iv();
     let wrapped = rsa_encrypt(reader, &key)?;
@@ -76,7 +72,10 @@ pub fn hybrid_encrypt(reader: &RsaPublicKey, payload: &[u8]) -> Result<Vec<u8>, 
     Ok(out)
 }
 
-pub fn hybrid_decrypt(reader: &RsaPrivateKey, envelope: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub fn hybrid_decrypt(
+    reader: &EncryptionPrivateKey,
+    envelope: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     if envelope.len() < 2 {
         return Err(CryptoError::Envelope(
             "envelope shorter than its length prefix",
@@ -105,7 +104,7 @@ pub struct SessionKey {
 }
 
 impl SessionKey {
-    pub fn new(reader: &RsaPublicKey) -> Result<Self, CryptoError> {
+    pub fn new(reader: &EncryptionPublicKey) -> Result<Self, CryptoError> {
         let key = random_key();
         let wrapped = rsa_encrypt(reader, &key)?;
         Ok(SessionKey { key, wrapped })
@@ -119,7 +118,7 @@ impl SessionKey {
 
     /// Client side: unwraps the session key with the reader's private key (one RSA operation).
     pub fn unwrap(
-        reader: &RsaPrivateKey,
+        reader: &EncryptionPrivateKey,
         wrapped: &[u8],
     ) -> Result<[u8; AES_KEY_LEN], CryptoError> {
         rsa_decrypt(reader, wrapped)?
@@ -204,7 +203,7 @@ mod tests {
     #[test]
     fn own_envelopes_round_trip() {
         let alice = reader("alice");
-        let public = alice.encryption.to_public_key();
+        let public = alice.encryption.public_key();
         let env = hybrid_encrypt(&public, b"payload").unwrap();
         assert_eq!(u16::from_be_bytes([env[0], env[1]]), 384);
         assert_eq!(hybrid_decrypt(&alice.encryption, &env).unwrap(), b"payload");

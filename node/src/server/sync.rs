@@ -366,7 +366,7 @@ pub async fn dispatch(
             let reader = ctx.principal.clone();
             let binary = op == "getEntriesBinary";
             let session = binary || r.session_key_wrap == Some(true);
-            tokio::task::spawn_blocking(move || wrap_entries(&reader, entries, session, binary))
+            crate::cpu::run(move || wrap_entries(&reader, entries, session, binary))
                 .await
                 .map_err(ApiError::internal)?
         }
@@ -387,7 +387,8 @@ pub async fn dispatch(
     }
 }
 
-/// Transport encryption to the authenticated device's RSA key (spec §2.7, §4.9, §4.10).
+/// Transport encryption to the authenticated device's RSA key (spec §2.7, §4.9, §4.10); the
+/// per-entry work (RSA or AES, metadata serialisation) runs on every core.
 fn wrap_entries(
     reader: &Principal,
     entries: Vec<Entry>,
@@ -397,7 +398,7 @@ fn wrap_entries(
     let key = &reader.encryption_key;
     if !session {
         let entries = entries
-            .into_iter()
+            .into_par_iter()
             .map(|e| {
                 Ok(RsaWrappedEntry {
                     rsa_encrypted_payload: b64::B64(
@@ -416,16 +417,22 @@ fn wrap_entries(
             wrapped_session_key: b64::B64(session_key.wrapped.clone()),
         })
         .expect("header serialises");
-        let size: usize = entries.iter().map(|e| e.encrypted_data.len() + 700).sum();
-        let mut writer = framing::FrameWriter::new(&header, size);
-        for e in entries {
-            let (iv, sealed) = session_key.seal(&e.encrypted_data);
-            let meta = serde_json::to_vec(&BinaryFrameMeta {
-                metadata: e.metadata,
-                iv: b64::B64(iv.to_vec()),
+        let frames: Vec<(Vec<u8>, Vec<u8>)> = entries
+            .into_par_iter()
+            .map(|e| {
+                let (iv, sealed) = session_key.seal(&e.encrypted_data);
+                let meta = serde_json::to_vec(&BinaryFrameMeta {
+                    metadata: e.metadata,
+                    iv: b64::B64(iv.to_vec()),
+                })
+                .expect("metadata serialises");
+                (meta, sealed)
             })
-            .expect("metadata serialises");
-            writer.push(&meta, &sealed);
+            .collect();
+        let size: usize = frames.iter().map(|(m, p)| m.len() + p.len() + 8).sum();
+        let mut writer = framing::FrameWriter::new(&header, size);
+        for (meta, sealed) in &frames {
+            writer.push(meta, sealed);
         }
         return Ok((
             [(header::CONTENT_TYPE, "application/octet-stream")],
@@ -434,7 +441,7 @@ fn wrap_entries(
             .into_response());
     }
     let entries = entries
-        .into_iter()
+        .into_par_iter()
         .map(|e| {
             let (iv, sealed) = session_key.seal(&e.encrypted_data);
             SessionWrappedEntry {

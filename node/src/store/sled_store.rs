@@ -142,6 +142,62 @@ fn prepare(entries: Vec<Entry>) -> Result<Vec<Prepared>, StoreError> {
         .collect()
 }
 
+/// Reads at one visibility watermark; cheap to clone (sled trees are shared handles).
+#[derive(Clone)]
+struct Reader {
+    tree: sled::Tree,
+    visible: u64,
+    store: String,
+}
+
+impl Reader {
+    fn corrupt(&self, detail: String) -> StoreError {
+        StoreError::Corrupt {
+            store: self.store.clone(),
+            detail,
+        }
+    }
+
+    fn sled(&self, source: sled::Error) -> StoreError {
+        StoreError::Sled {
+            store: self.store.clone(),
+            source,
+        }
+    }
+
+    fn meta(&self, id: &str) -> Result<Option<EntryMetadata>, StoreError> {
+        let Some(raw) = self.tree.get(meta_key(id)).map_err(|e| self.sled(e))? else {
+            return Ok(None);
+        };
+        if raw.len() < 8 {
+            return Err(self.corrupt(format!("metadata of {id} is truncated")));
+        }
+        let ro = u64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
+        if ro > self.visible {
+            return Ok(None);
+        }
+        let mut meta: EntryMetadata = serde_json::from_slice(&raw[8..])
+            .map_err(|e| self.corrupt(format!("metadata of {id}: {e}")))?;
+        meta.receipt_order = Some(ro);
+        Ok(Some(meta))
+    }
+
+    fn entry(&self, id: &str) -> Result<Option<Entry>, StoreError> {
+        let Some(metadata) = self.meta(id)? else {
+            return Ok(None);
+        };
+        let payload = self
+            .tree
+            .get(payload_key(&metadata.content_hash))
+            .map_err(|e| self.sled(e))?
+            .ok_or_else(|| self.corrupt(format!("payload of {id} is missing")))?;
+        Ok(Some(Entry {
+            metadata,
+            encrypted_data: payload.to_vec(),
+        }))
+    }
+}
+
 pub struct SledStore {
     id: StoreId,
     db: sled::Db,
@@ -231,20 +287,16 @@ impl SledStore {
 
     /// Reads a metadata record if it exists and is visible.
     fn load_meta(&self, id: &str) -> Result<Option<EntryMetadata>, StoreError> {
-        let Some(raw) = self.tree.get(meta_key(id)).map_err(self.err())? else {
-            return Ok(None);
-        };
-        if raw.len() < 8 {
-            return Err(self.corrupt(format!("metadata of {id} is truncated")));
+        self.reader().meta(id)
+    }
+
+    /// A snapshot of what reads need, to take into a CPU task.
+    fn reader(&self) -> Reader {
+        Reader {
+            tree: self.tree.clone(),
+            visible: self.visible(),
+            store: self.id.to_string(),
         }
-        let ro = u64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
-        if ro > self.visible() {
-            return Ok(None);
-        }
-        let mut meta: EntryMetadata = serde_json::from_slice(&raw[8..])
-            .map_err(|e| self.corrupt(format!("metadata of {id}: {e}")))?;
-        meta.receipt_order = Some(ro);
-        Ok(Some(meta))
     }
 
     fn is_visible(&self, id: &str) -> Result<bool, StoreError> {
@@ -375,22 +427,17 @@ impl ContentAddressedStore for SledStore {
     }
 
     async fn get_entries(&self, ids: &[String]) -> Result<Vec<Entry>, StoreError> {
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let Some(metadata) = self.load_meta(id)? else {
-                continue;
-            };
-            let payload = self
-                .tree
-                .get(payload_key(&metadata.content_hash))
-                .map_err(self.err())?
-                .ok_or_else(|| self.corrupt(format!("payload of {id} is missing")))?;
-            out.push(Entry {
-                metadata,
-                encrypted_data: payload.to_vec(),
-            });
-        }
-        Ok(out)
+        // Reading and parsing a batch of records is CPU work worth spreading over the cores.
+        let reader = self.reader();
+        let ids = ids.to_vec();
+        let found = crate::cpu::run(move || {
+            ids.par_iter()
+                .map(|id| reader.entry(id))
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        Ok(found.into_iter().flatten().collect())
     }
 
     async fn get_entry_metadata(&self, id: &str) -> Result<Option<EntryMetadata>, StoreError> {
