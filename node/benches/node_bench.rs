@@ -141,14 +141,7 @@ async fn run() {
     let text = String::from_utf8_lossy(&response);
     let head_body = text.split("\r\n\r\n").nth(1).unwrap_or("");
 
-    let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", node.pid()))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
-        })
-        .unwrap_or(0);
+    let rss_after_run = rss_kib(node.pid());
 
     println!(
         "entries: {} x {} B payload ({} B stored record)",
@@ -163,7 +156,76 @@ async fn run() {
     );
     println!("getEntriesBinary, session key {serve_rate:>10.0} entries/s   client RSA private-key ops: {rsa_ops} for {served} entries");
     println!("idle getStoreHead             body {} B ({head_body}); on the wire: request {} B, response {} B", head_body.len(), request.len(), response.len());
-    println!("node resident memory after the run: {} MiB", rss_kib / 1024);
+    println!(
+        "node resident memory after the run: {} MiB",
+        rss_after_run / 1024
+    );
+
+    // 5. Optional: keep ingesting up to RSS_ENTRIES (e.g. 1000000) and report the node's memory.
+    if let Some(target) = std::env::var("RSS_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let mut stored = entries.len();
+        let mut peak = rss_after_run;
+        while stored < target {
+            let first = stored;
+            let body = tokio::task::spawn_blocking(move || {
+                use rayon::prelude::*;
+                let batch: Vec<_> = (first..first + BATCH)
+                    .into_par_iter()
+                    .map(|n| signed_entry("alice", &format!("doc{}", n % 97), n, 1024))
+                    .collect();
+                let mut w = framing::FrameWriter::new(
+                    br#"{"format":"mdb-put-v2","dbId":"bench"}"#,
+                    BATCH * 1700,
+                );
+                for e in &batch {
+                    w.push(&serde_json::to_vec(&e.metadata).unwrap(), &e.encrypted_data);
+                }
+                w.finish()
+            })
+            .await
+            .unwrap();
+            if (stored / BATCH) % 200 == 0 {
+                c.login("alice").await; // tokens expire; a long run logs in again now and then
+            }
+            let r = c
+                .send(
+                    "POST",
+                    "/vectors/sync/docs/putEntriesBinary",
+                    Some(body),
+                    "application/octet-stream",
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            stored += BATCH;
+            peak = peak.max(rss_kib(node.pid()));
+            if stored % 100_000 == 0 {
+                eprintln!(
+                    "{stored} entries stored, node RSS {} MiB (peak {} MiB)",
+                    rss_kib(node.pid()) / 1024,
+                    peak / 1024
+                );
+            }
+        }
+        println!(
+            "node resident memory at {stored} stored entries: {} MiB (peak while ingesting: {} MiB)",
+            rss_kib(node.pid()) / 1024,
+            peak / 1024
+        );
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
+        })
+        .unwrap_or(0)
 }
 
 fn cpu_ticks(pid: u32) -> u64 {

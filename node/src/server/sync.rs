@@ -22,7 +22,7 @@ use crate::config::Role;
 use crate::crypto::transport::{hybrid_encrypt, SessionKey};
 use crate::directory::{Directory, Principal};
 use crate::store::registry::SharedStore;
-use crate::store::PutSummary;
+use crate::store::{PutSummary, RawEntry};
 use crate::wire::*;
 
 /// Operations served by `POST /:tenantId/sync/:storeKind/:op`.
@@ -362,11 +362,16 @@ pub async fn dispatch(
             let r: IdsRequest = parse_json(&body)?;
             let (ctx, db) = ctx!(r.db_id.as_deref());
             check_len("ids", r.ids.len(), MAX_IDS_PER_REQUEST)?;
-            let entries = ctx.store(&db)?.get_entries(&r.ids).await?;
             let reader = ctx.principal.clone();
-            let binary = op == "getEntriesBinary";
-            let session = binary || r.session_key_wrap == Some(true);
-            crate::cpu::run(move || wrap_entries(&reader, entries, session, binary))
+            if op == "getEntriesBinary" {
+                let entries = ctx.store(&db)?.get_entries_raw(&r.ids).await?;
+                return crate::cpu::run(move || wrap_binary(&reader, entries))
+                    .await
+                    .map_err(ApiError::internal)?;
+            }
+            let entries = ctx.store(&db)?.get_entries(&r.ids).await?;
+            let session = r.session_key_wrap == Some(true);
+            crate::cpu::run(move || wrap_entries(&reader, entries, session))
                 .await
                 .map_err(ApiError::internal)?
         }
@@ -387,13 +392,46 @@ pub async fn dispatch(
     }
 }
 
-/// Transport encryption to the authenticated device's RSA key (spec §2.7, §4.9, §4.10); the
-/// per-entry work (RSA or AES, metadata serialisation) runs on every core.
+/// The binary format (spec §4.10): one session key wrapped to the reader, per entry a frame of the
+/// metadata JSON with its `iv` and the AES-GCM-sealed payload. The stored metadata JSON is passed
+/// through with `iv` spliced in as the first field; the per-entry work runs on every core.
+fn wrap_binary(reader: &Principal, entries: Vec<RawEntry>) -> Result<Response, ApiError> {
+    let session_key = SessionKey::new(&reader.encryption_key).map_err(ApiError::internal)?;
+    let header = serde_json::to_vec(&BinaryGetHeader {
+        format: BINARY_GET_FORMAT.into(),
+        wrapped_session_key: b64::B64(session_key.wrapped.clone()),
+    })
+    .expect("header serialises");
+    let frames: Vec<(Vec<u8>, Vec<u8>)> = entries
+        .into_par_iter()
+        .map(|e| {
+            let (iv, sealed) = session_key.seal(&e.encrypted_data);
+            let mut meta = Vec::with_capacity(e.metadata_json.len() + 32);
+            meta.extend_from_slice(b"{\"iv\":\"");
+            meta.extend_from_slice(b64::encode(&iv).as_bytes());
+            meta.extend_from_slice(b"\",");
+            meta.extend_from_slice(&e.metadata_json[1..]);
+            (meta, sealed)
+        })
+        .collect();
+    let size: usize = frames.iter().map(|(m, p)| m.len() + p.len() + 8).sum();
+    let mut writer = framing::FrameWriter::new(&header, size);
+    for (meta, sealed) in &frames {
+        writer.push(meta, sealed);
+    }
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        writer.finish(),
+    )
+        .into_response())
+}
+
+/// The JSON formats (spec §2.7, §4.9): the classic per-entry RSA envelope, or one session key per
+/// response; the per-entry work (RSA or AES) runs on every core.
 fn wrap_entries(
     reader: &Principal,
     entries: Vec<Entry>,
     session: bool,
-    binary: bool,
 ) -> Result<Response, ApiError> {
     let key = &reader.encryption_key;
     if !session {
@@ -411,35 +449,6 @@ fn wrap_entries(
         return Ok(json(&ClassicEntriesResponse { entries }));
     }
     let session_key = SessionKey::new(key).map_err(ApiError::internal)?;
-    if binary {
-        let header = serde_json::to_vec(&BinaryGetHeader {
-            format: BINARY_GET_FORMAT.into(),
-            wrapped_session_key: b64::B64(session_key.wrapped.clone()),
-        })
-        .expect("header serialises");
-        let frames: Vec<(Vec<u8>, Vec<u8>)> = entries
-            .into_par_iter()
-            .map(|e| {
-                let (iv, sealed) = session_key.seal(&e.encrypted_data);
-                let meta = serde_json::to_vec(&BinaryFrameMeta {
-                    metadata: e.metadata,
-                    iv: b64::B64(iv.to_vec()),
-                })
-                .expect("metadata serialises");
-                (meta, sealed)
-            })
-            .collect();
-        let size: usize = frames.iter().map(|(m, p)| m.len() + p.len() + 8).sum();
-        let mut writer = framing::FrameWriter::new(&header, size);
-        for (meta, sealed) in &frames {
-            writer.push(meta, sealed);
-        }
-        return Ok((
-            [(header::CONTENT_TYPE, "application/octet-stream")],
-            writer.finish(),
-        )
-            .into_response());
-    }
     let entries = entries
         .into_par_iter()
         .map(|e| {

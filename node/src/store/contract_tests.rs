@@ -87,6 +87,17 @@ async fn contract(store: &dyn ContentAddressedStore) {
         vec!["c", "b"]
     );
     assert_eq!(got[0].encrypted_data, b"other");
+    // The serialised form carries the same records, receiptOrder included.
+    let raw = store
+        .get_entries_raw(&["c".into(), "zz".into(), "b".into()])
+        .await
+        .unwrap();
+    assert_eq!(raw.len(), 2);
+    for (raw, entry) in raw.iter().zip(&got) {
+        let parsed: EntryMetadata = serde_json::from_slice(&raw.metadata_json).unwrap();
+        assert_eq!(parsed, entry.metadata);
+        assert_eq!(raw.encrypted_data, entry.encrypted_data);
+    }
     assert_eq!(
         store
             .has_entries(&["zz".into(), "c".into(), "a".into()])

@@ -98,6 +98,13 @@ pub struct StoreChange {
     pub head: StoreHead,
 }
 
+/// An entry whose metadata is still serialised: a JSON object with the wire fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEntry {
+    pub metadata_json: Vec<u8>,
+    pub encrypted_data: Vec<u8>,
+}
+
 /// Size figures for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -114,6 +121,21 @@ pub trait ContentAddressedStore: Send + Sync {
 
     /// Full entries for the known ids, in request order; unknown ids are skipped.
     async fn get_entries(&self, ids: &[String]) -> Result<Vec<Entry>, StoreError>;
+
+    /// Like [`get_entries`](Self::get_entries), with each metadata record as its wire JSON object
+    /// (receiptOrder included), for responses that pass metadata through unchanged. A store that
+    /// keeps records serialised overrides this to skip a parse and a re-serialisation per entry.
+    async fn get_entries_raw(&self, ids: &[String]) -> Result<Vec<RawEntry>, StoreError> {
+        Ok(self
+            .get_entries(ids)
+            .await?
+            .into_iter()
+            .map(|e| RawEntry {
+                metadata_json: serde_json::to_vec(&e.metadata).expect("metadata serialises"),
+                encrypted_data: e.encrypted_data,
+            })
+            .collect())
+    }
 
     /// Stores entries and returns receipts and rejections. A local store accepts everything (its
     /// caller verified it) and acknowledges each id with the record it holds; a remote store

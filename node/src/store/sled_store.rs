@@ -27,7 +27,7 @@ use rayon::prelude::*;
 use tokio::sync::broadcast;
 
 use super::{
-    check_payload, new_epoch, ContentAddressedStore, PutSummary, StoreChange, StoreError,
+    check_payload, new_epoch, ContentAddressedStore, PutSummary, RawEntry, StoreChange, StoreError,
     StoreStats,
 };
 use crate::bloom::{self, BloomSummary};
@@ -180,6 +180,39 @@ impl Reader {
             .map_err(|e| self.corrupt(format!("metadata of {id}: {e}")))?;
         meta.receipt_order = Some(ro);
         Ok(Some(meta))
+    }
+
+    /// The stored record as wire JSON: the receiptOrder prefix is spliced in as the first field,
+    /// the rest is the stored bytes; only the contentHash is parsed, to find the payload.
+    fn raw_entry(&self, id: &str) -> Result<Option<RawEntry>, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Hash<'a> {
+            #[serde(rename = "contentHash", borrow)]
+            content_hash: std::borrow::Cow<'a, str>,
+        }
+        let Some(raw) = self.tree.get(meta_key(id)).map_err(|e| self.sled(e))? else {
+            return Ok(None);
+        };
+        if raw.len() < 10 || raw[8] != b'{' {
+            return Err(self.corrupt(format!("metadata of {id} is truncated")));
+        }
+        let ro = u64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
+        if ro > self.visible {
+            return Ok(None);
+        }
+        let hash: Hash<'_> = serde_json::from_slice(&raw[8..])
+            .map_err(|e| self.corrupt(format!("metadata of {id}: {e}")))?;
+        let payload = self
+            .tree
+            .get(payload_key(&hash.content_hash))
+            .map_err(|e| self.sled(e))?
+            .ok_or_else(|| self.corrupt(format!("payload of {id} is missing")))?;
+        let mut json = format!("{{\"receiptOrder\":{ro},").into_bytes();
+        json.extend_from_slice(&raw[9..]);
+        Ok(Some(RawEntry {
+            metadata_json: json,
+            encrypted_data: payload.to_vec(),
+        }))
     }
 
     fn entry(&self, id: &str) -> Result<Option<Entry>, StoreError> {
@@ -433,6 +466,19 @@ impl ContentAddressedStore for SledStore {
         let found = crate::cpu::run(move || {
             ids.par_iter()
                 .map(|id| reader.entry(id))
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    async fn get_entries_raw(&self, ids: &[String]) -> Result<Vec<RawEntry>, StoreError> {
+        let reader = self.reader();
+        let ids = ids.to_vec();
+        let found = crate::cpu::run(move || {
+            ids.par_iter()
+                .map(|id| reader.raw_entry(id))
                 .collect::<Result<Vec<_>, StoreError>>()
         })
         .await
