@@ -17,3 +17,14 @@ pub fn load(name: &str) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("cannot read test vectors {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON in {}: {e}", path.display()))
 }
+
+/// One of the vector identities (`alice`, `bob`, `server`, `outsider`) with its private keys.
+pub fn identity(name: &str) -> crate::crypto::keys::Identity {
+    let keys = load("keys.json");
+    let id = &keys["identities"][name];
+    crate::crypto::keys::Identity::from_pkcs8_pem(
+        id["signingPrivateKeyPkcs8"].as_str().unwrap(),
+        id["encryptionPrivateKeyPkcs8"].as_str().unwrap(),
+    )
+    .unwrap_or_else(|e| panic!("vector identity {name}: {e}"))
+}

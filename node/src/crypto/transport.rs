@@ -135,13 +135,7 @@ mod tests {
     use crate::wire::b64;
 
     fn reader(name: &str) -> Identity {
-        let keys = testdata::load("keys.json");
-        let id = &keys["identities"][name];
-        Identity::from_pkcs8_pem(
-            id["signingPrivateKeyPkcs8"].as_str().unwrap(),
-            id["encryptionPrivateKeyPkcs8"].as_str().unwrap(),
-        )
-        .unwrap()
+        testdata::identity(name)
     }
 
     #[test]

@@ -265,17 +265,7 @@ mod tests {
     use super::*;
     use crate::crypto::keys::Identity;
     use crate::directory::{Directory, DirectoryFile, TenantFile, UserEntry};
-    use crate::testdata;
-
-    fn identity(name: &str) -> Identity {
-        let keys = testdata::load("keys.json");
-        let id = &keys["identities"][name];
-        Identity::from_pkcs8_pem(
-            id["signingPrivateKeyPkcs8"].as_str().unwrap(),
-            id["encryptionPrivateKeyPkcs8"].as_str().unwrap(),
-        )
-        .unwrap()
-    }
+    use crate::testdata::identity;
 
     fn directory_trusting(author: &Identity) -> Directory {
         let mut file = DirectoryFile::default();
