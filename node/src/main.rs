@@ -207,7 +207,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(tools::status(&url))
         }
         Command::Keygen { out, name, server } => {
-            eprintln!("generating Ed25519 and RSA-3072 keys (RSA takes a few seconds)...");
+            eprintln!("generating Ed25519 and RSA-3072 keys...");
             let identity = Identity::generate()?;
             identity
                 .save(&out)

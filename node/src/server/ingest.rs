@@ -99,18 +99,13 @@ pub fn plan(
         })
         .collect();
     let candidates: Vec<&Candidate<'_>> = checks.iter().flatten().flatten().collect();
+    // One signature batch per core: larger batches verify faster per signature.
+    let per_core = candidates
+        .len()
+        .div_ceil(rayon::current_num_threads())
+        .max(64);
     let verdicts: Vec<bool> = candidates
-        .par_chunks(
-            std::env::var("SR_VCHUNK")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| {
-                    candidates
-                        .len()
-                        .div_ceil(rayon::current_num_threads())
-                        .max(64)
-                }),
-        )
+        .par_chunks(per_core)
         .flat_map_iter(verify_signatures)
         .collect();
     let mut verdicts = verdicts.into_iter();
