@@ -14,13 +14,14 @@
 //!
 //! Keeping the receiptOrder out of the JSON lets a batch be checked and serialised on every core
 //! before the write lock is taken; under the lock only numbering and the sled batch remain. A batch
-//! is one atomic sled batch, flushed before `put_entries` returns, under a per-store write lock. Readers see entries only up to the *durable watermark* (the highest receiptOrder whose batch
-//! has been flushed), so nothing is visible that a crash could take back and scans see receiptOrders
-//! in order without gaps.
+//! is one atomic sled batch, flushed before `put_entries` returns, under a per-store write lock.
+//! Readers see entries only up to the *durable watermark* (the highest receiptOrder whose batch has
+//! been flushed), so nothing is visible that a crash could take back and scans see receiptOrders in
+//! order without gaps.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rayon::prelude::*;
@@ -142,40 +143,55 @@ fn prepare(entries: Vec<Entry>) -> Result<Vec<Prepared>, StoreError> {
         .collect()
 }
 
-/// Reads at one visibility watermark; cheap to clone (sled trees are shared handles).
+/// Reads at one visibility watermark; cheap to clone (sled trees are shared handles) and to create
+/// per read, so that a batch of reads can be taken into a CPU task.
 #[derive(Clone)]
 struct Reader {
     tree: sled::Tree,
     visible: u64,
-    store: String,
+    store: Arc<str>,
 }
 
 impl Reader {
     fn corrupt(&self, detail: String) -> StoreError {
         StoreError::Corrupt {
-            store: self.store.clone(),
+            store: self.store.to_string(),
             detail,
         }
     }
 
     fn sled(&self, source: sled::Error) -> StoreError {
         StoreError::Sled {
-            store: self.store.clone(),
+            store: self.store.to_string(),
             source,
         }
     }
 
-    fn meta(&self, id: &str) -> Result<Option<EntryMetadata>, StoreError> {
+    /// The visible stored record of `id`: its receiptOrder and the raw value (prefix ‖ JSON).
+    fn record(&self, id: &str) -> Result<Option<(u64, sled::IVec)>, StoreError> {
         let Some(raw) = self.tree.get(meta_key(id)).map_err(|e| self.sled(e))? else {
             return Ok(None);
         };
-        if raw.len() < 8 {
+        if raw.len() < 10 || raw[8] != b'{' {
             return Err(self.corrupt(format!("metadata of {id} is truncated")));
         }
         let ro = u64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
-        if ro > self.visible {
+        Ok((ro <= self.visible).then_some((ro, raw)))
+    }
+
+    fn payload(&self, id: &str, content_hash: &str) -> Result<Vec<u8>, StoreError> {
+        Ok(self
+            .tree
+            .get(payload_key(content_hash))
+            .map_err(|e| self.sled(e))?
+            .ok_or_else(|| self.corrupt(format!("payload of {id} is missing")))?
+            .to_vec())
+    }
+
+    fn meta(&self, id: &str) -> Result<Option<EntryMetadata>, StoreError> {
+        let Some((ro, raw)) = self.record(id)? else {
             return Ok(None);
-        }
+        };
         let mut meta: EntryMetadata = serde_json::from_slice(&raw[8..])
             .map_err(|e| self.corrupt(format!("metadata of {id}: {e}")))?;
         meta.receipt_order = Some(ro);
@@ -190,28 +206,16 @@ impl Reader {
             #[serde(rename = "contentHash", borrow)]
             content_hash: std::borrow::Cow<'a, str>,
         }
-        let Some(raw) = self.tree.get(meta_key(id)).map_err(|e| self.sled(e))? else {
+        let Some((ro, raw)) = self.record(id)? else {
             return Ok(None);
         };
-        if raw.len() < 10 || raw[8] != b'{' {
-            return Err(self.corrupt(format!("metadata of {id} is truncated")));
-        }
-        let ro = u64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
-        if ro > self.visible {
-            return Ok(None);
-        }
         let hash: Hash<'_> = serde_json::from_slice(&raw[8..])
             .map_err(|e| self.corrupt(format!("metadata of {id}: {e}")))?;
-        let payload = self
-            .tree
-            .get(payload_key(&hash.content_hash))
-            .map_err(|e| self.sled(e))?
-            .ok_or_else(|| self.corrupt(format!("payload of {id} is missing")))?;
         let mut json = format!("{{\"receiptOrder\":{ro},").into_bytes();
         json.extend_from_slice(&raw[9..]);
         Ok(Some(RawEntry {
             metadata_json: json,
-            encrypted_data: payload.to_vec(),
+            encrypted_data: self.payload(id, &hash.content_hash)?,
         }))
     }
 
@@ -219,20 +223,17 @@ impl Reader {
         let Some(metadata) = self.meta(id)? else {
             return Ok(None);
         };
-        let payload = self
-            .tree
-            .get(payload_key(&metadata.content_hash))
-            .map_err(|e| self.sled(e))?
-            .ok_or_else(|| self.corrupt(format!("payload of {id} is missing")))?;
         Ok(Some(Entry {
+            encrypted_data: self.payload(id, &metadata.content_hash)?,
             metadata,
-            encrypted_data: payload.to_vec(),
         }))
     }
 }
 
 pub struct SledStore {
     id: StoreId,
+    /// `id` as text, for errors (kept so that a read does not format it).
+    name: Arc<str>,
     db: sled::Db,
     tree: sled::Tree,
     epoch: String,
@@ -289,6 +290,7 @@ impl SledStore {
             }
         }
         Ok(SledStore {
+            name: id.to_string().into(),
             id,
             db,
             tree,
@@ -302,14 +304,14 @@ impl SledStore {
 
     fn err(&self) -> impl Fn(sled::Error) -> StoreError + '_ {
         move |source| StoreError::Sled {
-            store: self.id.to_string(),
+            store: self.name.to_string(),
             source,
         }
     }
 
     fn corrupt(&self, detail: impl Into<String>) -> StoreError {
         StoreError::Corrupt {
-            store: self.id.to_string(),
+            store: self.name.to_string(),
             detail: detail.into(),
         }
     }
@@ -323,12 +325,31 @@ impl SledStore {
         self.reader().meta(id)
     }
 
+    /// Runs `read` for every id on the CPU pool (reading and parsing a batch of records is CPU work
+    /// worth spreading over the cores); unknown ids are skipped, request order is kept.
+    async fn read_all<T: Send + 'static>(
+        &self,
+        ids: &[String],
+        read: fn(&Reader, &str) -> Result<Option<T>, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let reader = self.reader();
+        let ids = ids.to_vec();
+        let found = crate::cpu::run(move || {
+            ids.par_iter()
+                .map(|id| read(&reader, id))
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        Ok(found.into_iter().flatten().collect())
+    }
+
     /// A snapshot of what reads need, to take into a CPU task.
     fn reader(&self) -> Reader {
         Reader {
             tree: self.tree.clone(),
             visible: self.visible(),
-            store: self.id.to_string(),
+            store: self.name.clone(),
         }
     }
 
@@ -443,8 +464,6 @@ impl ContentAddressedStore for SledStore {
             for (doc, ids) in doc_ids {
                 batch.insert(doc_batch_key(&doc, first), ids.0);
             }
-        }
-        if !inserted.is_empty() {
             batch.insert(MAX, &ro.to_be_bytes()[..]);
             batch.insert(COUNT, &count.to_be_bytes()[..]);
             batch.insert(BYTES, &bytes.to_be_bytes()[..]);
@@ -460,30 +479,11 @@ impl ContentAddressedStore for SledStore {
     }
 
     async fn get_entries(&self, ids: &[String]) -> Result<Vec<Entry>, StoreError> {
-        // Reading and parsing a batch of records is CPU work worth spreading over the cores.
-        let reader = self.reader();
-        let ids = ids.to_vec();
-        let found = crate::cpu::run(move || {
-            ids.par_iter()
-                .map(|id| reader.entry(id))
-                .collect::<Result<Vec<_>, StoreError>>()
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))??;
-        Ok(found.into_iter().flatten().collect())
+        self.read_all(ids, Reader::entry).await
     }
 
     async fn get_entries_raw(&self, ids: &[String]) -> Result<Vec<RawEntry>, StoreError> {
-        let reader = self.reader();
-        let ids = ids.to_vec();
-        let found = crate::cpu::run(move || {
-            ids.par_iter()
-                .map(|id| reader.raw_entry(id))
-                .collect::<Result<Vec<_>, StoreError>>()
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))??;
-        Ok(found.into_iter().flatten().collect())
+        self.read_all(ids, Reader::raw_entry).await
     }
 
     async fn get_entry_metadata(&self, id: &str) -> Result<Option<EntryMetadata>, StoreError> {
