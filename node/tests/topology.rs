@@ -320,6 +320,30 @@ async fn a_passthrough_loop_answers_508() {
         .as_str()
         .unwrap()
         .contains("Loop detected"));
+    // Once the chain check has marked a link as closing the cycle (as in the relay case, one side
+    // finds it), the answer is the same whichever node holds the marked link.
+    eventually("a link is marked as a cycle", || async {
+        let mut marked = 0;
+        for i in 0..2 {
+            let s = c.status(i).await;
+            marked += s["links"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|link| link["cycle"] == true)
+                .count();
+        }
+        marked > 0
+    })
+    .await;
+    let r = client
+        .sync("getStoreHead", serde_json::json!({"dbId": DB}))
+        .await;
+    assert_eq!(r.status, 508, "{}", r.text());
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("Loop detected"));
 }
 
 /// Requests an endpoint has served, from a node's /metrics.

@@ -99,11 +99,18 @@ impl AppState {
                 Ok(store)
             }
             Role::Edge | Role::Passthrough => {
-                let link = self
+                let links = self
                     .links
                     .as_ref()
-                    .and_then(|l| l.upstream_order().into_iter().next())
                     .ok_or_else(|| ApiError::Unavailable("no upstream is configured".into()))?;
+                // The config requires an upstream for these roles: none to offer means every
+                // upstream was found to close a cycle — the same loop the via header reports.
+                let link = links.upstream_order().into_iter().next().ok_or_else(|| {
+                    ApiError::LoopDetected(format!(
+                        "Loop detected: every upstream of node {} would close a cycle",
+                        self.node_id
+                    ))
+                })?;
                 let remote = link.store(id);
                 Ok(match &self.cache {
                     Some(cache) => Arc::new(CachedStore::new(remote, cache.clone())),
