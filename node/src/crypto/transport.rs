@@ -14,14 +14,6 @@ use super::CryptoError;
 pub const AES_KEY_LEN: usize = 32;
 pub const IV_LEN: usize = 12;
 
-pub fn rsa_encrypt(key: &EncryptionPublicKey, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    key.encrypt(plaintext)
-}
-
-pub fn rsa_decrypt(key: &EncryptionPrivateKey, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    key.decrypt(ciphertext)
-}
-
 /// AES-256-GCM with a 12-byte IV, tag appended, no AAD.
 pub fn aes_encrypt(key: &[u8; AES_KEY_LEN], iv: &[u8; IV_LEN], plaintext: &[u8]) -> Vec<u8> {
     let cipher = Aes256Gcm::new(key.into());
@@ -62,7 +54,7 @@ pub fn hybrid_encrypt(
 ) -> Result<Vec<u8>, CryptoError> {
     let key = random_key();
     let iv = random_iv();
-    let wrapped = rsa_encrypt(reader, &key)?;
+    let wrapped = reader.encrypt(&key)?;
     let sealed = aes_encrypt(&key, &iv, payload);
     let mut out = Vec::with_capacity(2 + wrapped.len() + IV_LEN + sealed.len());
     out.extend_from_slice(&(wrapped.len() as u16).to_be_bytes());
@@ -86,7 +78,7 @@ pub fn hybrid_decrypt(
     if rest.len() < rsa_len + IV_LEN {
         return Err(CryptoError::Envelope("envelope truncated"));
     }
-    let key = rsa_decrypt(reader, &rest[..rsa_len])?;
+    let key = reader.decrypt(&rest[..rsa_len])?;
     let key: [u8; AES_KEY_LEN] = key
         .try_into()
         .map_err(|_| CryptoError::Envelope("wrapped key is not 32 bytes"))?;
@@ -106,7 +98,7 @@ pub struct SessionKey {
 impl SessionKey {
     pub fn new(reader: &EncryptionPublicKey) -> Result<Self, CryptoError> {
         let key = random_key();
-        let wrapped = rsa_encrypt(reader, &key)?;
+        let wrapped = reader.encrypt(&key)?;
         Ok(SessionKey { key, wrapped })
     }
 
@@ -121,7 +113,8 @@ impl SessionKey {
         reader: &EncryptionPrivateKey,
         wrapped: &[u8],
     ) -> Result<[u8; AES_KEY_LEN], CryptoError> {
-        rsa_decrypt(reader, wrapped)?
+        reader
+            .decrypt(wrapped)?
             .try_into()
             .map_err(|_| CryptoError::Envelope("session key is not 32 bytes"))
     }
