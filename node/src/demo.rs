@@ -16,8 +16,8 @@ use ed25519_dalek::Signer;
 use crate::client::{HttpTransport, RemoteSession, RemoteStore, SessionOptions};
 use crate::config::{NodeConfig, RemoteConfig, Role};
 use crate::crypto::keys::Identity;
+use crate::crypto::payload;
 use crate::crypto::signing::metadata_signing_bytes;
-use crate::crypto::transport::{aes_decrypt, aes_encrypt, random_iv, random_key};
 use crate::directory::{DirectoryFile, ServerEntry, TenantFile, UserEntry};
 use crate::server::SharedState;
 use crate::store::ContentAddressedStore;
@@ -235,7 +235,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let hops = [origin, relay, edge];
 
     // The payload key lives only with Alice and Carol (in MindooDB: the tenant key they share).
-    let payload_key = random_key();
+    let payload_key = payload::random_key();
     let alice_at_edge = user_store(&hops[2].url, "CN=alice/O=demo", alice.clone())?;
     let carol_at_relay = user_store(&hops[1].url, "CN=carol/O=demo", carol.clone())?;
 
@@ -250,11 +250,9 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         let end = (start + options.batch).min(options.entries);
         let batch: Vec<Entry> = (start..end)
             .map(|n| {
-                let iv = random_iv();
                 let note = format!("note {n}: meet at the harbour at {} o'clock", 9 + n % 8);
-                let mut payload = iv.to_vec();
-                payload.extend(aes_encrypt(&payload_key, &iv, note.as_bytes()));
-                author_entry(&alice, &format!("doc{}", n / 10), n, payload)
+                let sealed = payload::seal(&payload_key, note.as_bytes());
+                author_entry(&alice, &format!("doc{}", n / 10), n, sealed)
             })
             .collect();
         let outcome = alice_at_edge.push_entries(batch.clone()).await?;
@@ -285,8 +283,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let mut decrypted = 0;
     let mut sample = String::new();
     for e in &entries {
-        let (iv, sealed) = e.encrypted_data.split_at(12);
-        if let Ok(plain) = aes_decrypt(&payload_key, iv, sealed) {
+        if let Ok(plain) = payload::open(&payload_key, &e.encrypted_data) {
             decrypted += 1;
             if sample.is_empty() {
                 sample = String::from_utf8_lossy(&plain).into_owned();

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use common::cluster::Cluster;
 use common::{eventually, signed_payload_entry, DB};
-use syncrelay_node::crypto::transport::{aes_decrypt, aes_encrypt};
+use syncrelay_node::crypto::payload;
 use syncrelay_node::wire::Entry;
 
 /// The tenant's payload key: known to Alice and Bob (Carol's role), never to a node.
@@ -18,18 +18,14 @@ const PAYLOAD_KEY: [u8; 32] = *b"alice-and-bob-share-this-key-32b";
 fn encrypted_entries(tag: &str, count: usize) -> Vec<Entry> {
     (0..count)
         .map(|n| {
-            let iv = [n as u8; 12];
-            let plaintext = format!("secret note {tag} {n}");
-            let mut payload = iv.to_vec();
-            payload.extend(aes_encrypt(&PAYLOAD_KEY, &iv, plaintext.as_bytes()));
-            signed_payload_entry("alice", &format!("doc-{tag}"), n, payload)
+            let sealed = payload::seal(&PAYLOAD_KEY, format!("secret note {tag} {n}").as_bytes());
+            signed_payload_entry("alice", &format!("doc-{tag}"), n, sealed)
         })
         .collect()
 }
 
 fn decrypt(entry: &Entry) -> String {
-    let (iv, sealed) = entry.encrypted_data.split_at(12);
-    String::from_utf8(aes_decrypt(&PAYLOAD_KEY, iv, sealed).unwrap()).unwrap()
+    String::from_utf8(payload::open(&PAYLOAD_KEY, &entry.encrypted_data).unwrap()).unwrap()
 }
 
 fn ids(entries: &[Entry]) -> Vec<String> {

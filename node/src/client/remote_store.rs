@@ -13,7 +13,9 @@ use tokio::sync::{broadcast, OnceCell};
 
 use super::session::RemoteSession;
 use crate::bloom::BloomSummary;
-use crate::crypto::transport::{aes_decrypt, hybrid_decrypt, SessionKey};
+use rayon::prelude::*;
+
+use crate::crypto::transport::{hybrid_decrypt, AesKey, SessionKey};
 use crate::store::{
     ContentAddressedStore, PushOutcome, PutSummary, StoreChange, StoreError, StoreStats,
 };
@@ -189,7 +191,7 @@ impl RemoteStore {
             .await?;
         blocking(move || {
             r.entries
-                .into_iter()
+                .into_par_iter()
                 .map(|e| {
                     let data =
                         hybrid_decrypt(&session.identity().encryption, &e.rsa_encrypted_payload.0)
@@ -219,19 +221,22 @@ fn decode_binary(session: &RemoteSession, body: &[u8]) -> Result<Vec<Entry>, Sto
     let framed = framing::decode(body).map_err(|e| transport_error(session, e))?;
     let header: BinaryGetHeader =
         serde_json::from_slice(framed.header).map_err(|e| transport_error(session, e))?;
-    let key = SessionKey::unwrap(
-        &session.identity().encryption,
-        &header.wrapped_session_key.0,
-    )
-    .map_err(|e| transport_error(session, e))?;
+    let key = AesKey::new(
+        &SessionKey::unwrap(
+            &session.identity().encryption,
+            &header.wrapped_session_key.0,
+        )
+        .map_err(|e| transport_error(session, e))?,
+    );
     framed
         .frames
-        .iter()
+        .par_iter()
         .map(|(meta, sealed)| {
             let frame: BinaryFrameMeta =
                 serde_json::from_slice(meta).map_err(|e| transport_error(session, e))?;
-            let data =
-                aes_decrypt(&key, &frame.iv.0, sealed).map_err(|e| transport_error(session, e))?;
+            let data = key
+                .open(&frame.iv.0, sealed)
+                .map_err(|e| transport_error(session, e))?;
             Ok(Entry {
                 metadata: frame.metadata,
                 encrypted_data: data,
@@ -244,12 +249,15 @@ fn decode_session(
     session: &RemoteSession,
     r: SessionEntriesResponse,
 ) -> Result<Vec<Entry>, StoreError> {
-    let key = SessionKey::unwrap(&session.identity().encryption, &r.wrapped_session_key.0)
-        .map_err(|e| transport_error(session, e))?;
+    let key = AesKey::new(
+        &SessionKey::unwrap(&session.identity().encryption, &r.wrapped_session_key.0)
+            .map_err(|e| transport_error(session, e))?,
+    );
     r.entries
-        .into_iter()
+        .into_par_iter()
         .map(|e| {
-            let data = aes_decrypt(&key, &e.iv.0, &e.session_encrypted_payload.0)
+            let data = key
+                .open(&e.iv.0, &e.session_encrypted_payload.0)
                 .map_err(|err| transport_error(session, err))?;
             Ok(Entry {
                 metadata: e.metadata,
@@ -259,10 +267,11 @@ fn decode_session(
         .collect()
 }
 
+/// Runs a response's decryption on the CPU pool (its per-entry work spreads over every core).
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
+    crate::cpu::run(f)
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?
 }

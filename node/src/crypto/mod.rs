@@ -3,6 +3,7 @@
 //! public keys of authors and readers, and its own identity.
 
 pub mod keys;
+pub mod payload;
 pub mod signing;
 pub mod transport;
 

@@ -3,10 +3,11 @@
 //! Layout helpers are pure: they turn metadata into the exact bytes the reference signs, so they are
 //! tested byte-for-byte against the recorded vectors.
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::keys::FastSigner;
 use crate::wire::{b64, AttachmentRef, EntryMetadata};
 
 /// Why a layout could not be built from a (malformed) record.
@@ -263,14 +264,14 @@ pub fn stamp_witness(
     m: &mut EntryMetadata,
     db_id: &str,
     received_at: i64,
-    witness: &SigningKey,
+    witness: &FastSigner,
     witness_pem: &str,
 ) {
     let bytes = witness_signing_bytes(m, db_id, received_at, witness_pem);
     let signature = witness.sign(&bytes);
     m.received_at = Some(received_at);
     m.received_by_public_key = Some(witness_pem.to_string());
-    m.received_date_signature = Some(b64::B64(signature.to_bytes().to_vec()));
+    m.received_date_signature = Some(b64::B64(signature.to_vec()));
 }
 
 /// Verifies a witness receipt carried by `m` against the witness key named in it.
@@ -392,7 +393,7 @@ mod tests {
             .unwrap()
             .try_into()
             .unwrap();
-        let witness = SigningKey::from_bytes(&seed);
+        let witness = FastSigner::new(&ed25519_dalek::SigningKey::from_bytes(&seed));
         let pem = server["signingPublicKey"].as_str().unwrap();
         let db = doc["dbid"].as_str().unwrap();
         let mut m = meta(&doc["entryBeforeStamping"]);

@@ -4,9 +4,10 @@
 
 use std::collections::HashMap;
 
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use ed25519_dalek::VerifyingKey;
 use rayon::prelude::*;
 
+use crate::crypto::keys::FastSigner;
 use crate::crypto::signing::{self, AuthorSignatureError, AuthorSignedMessage};
 use crate::directory::TenantDirectory;
 use crate::wire::{content_hash, Entry, EntryMetadata, Rejection};
@@ -47,7 +48,7 @@ impl RejectReason {
 
 /// The node's witness identity, when it stamps receipts.
 pub struct Witness<'a> {
-    pub key: &'a SigningKey,
+    pub key: &'a FastSigner,
     pub pem: &'a str,
 }
 
@@ -305,7 +306,7 @@ mod tests {
             directory: directory.tenant("t").unwrap(),
             db_id: "db",
             witness: Some(Witness {
-                key: &witness.signing,
+                key: &witness.signer,
                 pem: &witness.signing_public_pem,
             }),
             now_ms: 1_800_000_000_000,

@@ -551,7 +551,7 @@ async fn verify(
             directory: tenant_dir(&directory, &tenant),
             db_id: &db,
             witness: state.config.stamps_witness().then(|| Witness {
-                key: &state.identity.signing,
+                key: &state.identity.signer,
                 pem: &state.identity.signing_public_pem,
             }),
             now_ms: now_ms(),
