@@ -10,6 +10,11 @@ use syncrelay_node::crypto::keys::Identity;
 use syncrelay_node::directory::{ServerEntry, UserEntry};
 use syncrelay_node::tools;
 
+/// mimalloc instead of the system allocator: ingest and serving allocate per entry on every core,
+/// and glibc malloc spent ~14 % of the node's ingest profile in allocation and its arena locks.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "syncrelay-node",
