@@ -12,6 +12,8 @@ use syncrelay_node::tools;
 
 /// mimalloc instead of the system allocator: ingest and serving allocate per entry on every core,
 /// and glibc malloc spent ~14 % of the node's ingest profile in allocation and its arena locks.
+/// Built without transparent huge pages (`no_thp`): with them an edge's RSS rose from 137 to 188 MiB
+/// for the same load.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
