@@ -76,6 +76,24 @@ async fn served(c: &Cluster, i: usize, endpoint: &str) -> u64 {
         .sum()
 }
 
+/// User + system CPU seconds of a process so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -139,15 +157,25 @@ async fn run() {
     }
 
     // 1. direct vs through the chain (edge cache cold), alternated twice.
+    //    CPU seconds of each process (the client is this one) are recorded per pull.
+    let pids = [std::process::id(), c.pid(0), c.pid(1), c.pid(2)];
+    let cpu = || pids.map(cpu_secs);
     let mut direct = Vec::new();
     let mut chained = Vec::new();
+    let mut cpu_direct = [0.0; 4];
+    let mut cpu_chained = [0.0; 4];
     for _ in 0..2 {
+        let before = cpu();
         let (rate, n) = pull_rate(&as_user(&c.url(0), "bob", "bench")).await;
         assert_eq!(n, total as u64);
         direct.push(rate);
+        let after = cpu();
+        cpu_direct = std::array::from_fn(|i| after[i] - before[i]);
         let (rate, n) = pull_rate(&as_user(&c.url(2), "bob", "bench")).await;
         assert_eq!(n, total as u64);
         chained.push(rate);
+        let end = cpu();
+        cpu_chained = std::array::from_fn(|i| end[i] - after[i]);
     }
     let best = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
     let _ = best(&chained);
@@ -242,6 +270,12 @@ async fn run() {
         chained[0] / best(&direct),
         chained[1] / best(&direct)
     );
+    for (label, secs) in [("direct", cpu_direct), ("chain ", cpu_chained)] {
+        println!(
+            "  CPU seconds of the second {label} pull: client {:.2}, origin {:.2}, relay {:.2}, edge {:.2}",
+            secs[0], secs[1], secs[2], secs[3]
+        );
+    }
     println!(
         "  idle relay, 3 s (~10 passes at 300 ms): {heads} getStoreHead at the origin (one per direction per pass), {work} scan/has/get requests; head response body {head_body} B"
     );

@@ -275,10 +275,155 @@ async fn paging_across_batches(store: &dyn ContentAddressedStore) {
     assert_eq!(doc1, expected);
 }
 
+fn receipt_for(id: &str, doc: &str, payload: &[u8], at: i64) -> EntryMetadata {
+    let mut m = entry(id, doc, &[], "doc_create", payload).metadata;
+    m.received_at = Some(at);
+    m.received_by_public_key = Some("W".into());
+    m.received_date_signature = Some(B64(vec![at as u8; 64]));
+    m
+}
+
+/// Witness receipts applied to stored entries: copied on, re-anchored at fresh receiptOrders in
+/// order after everything else, listed once everywhere, idempotent. Leaves the store at head 7.
+async fn receipts_re_anchor(store: &dyn ContentAddressedStore) {
+    let put: Vec<Entry> = (1..=5)
+        .map(|i| {
+            entry(
+                &format!("r{i}"),
+                if i % 2 == 0 { "even" } else { "odd" },
+                &[],
+                "doc_create",
+                &[i as u8],
+            )
+        })
+        .collect();
+    store.put_entries(put[..3].to_vec()).await.unwrap();
+    store.put_entries(put[3..].to_vec()).await.unwrap();
+    let mut changes = store.subscribe_changes();
+
+    let receipts = vec![
+        receipt_for("r2", "even", &[2], 10),
+        receipt_for("unknown", "odd", &[9], 10),
+        entry("r3", "odd", &[], "doc_create", &[3]).metadata, // no receipt in it
+        receipt_for("r4", "even", &[4], 11),
+        receipt_for("r2", "even", &[2], 10), // twice in one call
+    ];
+    assert_eq!(
+        store.apply_receipts(&receipts).await.unwrap(),
+        vec!["r2", "r4"]
+    );
+    assert_eq!(changes.recv().await.unwrap().head.max_receipt_order, 7);
+    let r2 = store.get_entry_metadata("r2").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            r2.receipt_order,
+            r2.received_at,
+            r2.received_by_public_key.as_deref()
+        ),
+        (Some(6), Some(10), Some("W"))
+    );
+    assert_eq!(r2.received_date_signature, Some(B64(vec![10; 64])));
+    assert_eq!(
+        store.get_entries(&["r2".into()]).await.unwrap()[0].encrypted_data,
+        vec![2]
+    );
+    assert_eq!(
+        store.get_all_ids().await.unwrap(),
+        vec!["r1", "r3", "r5", "r2", "r4"],
+        "each id once, re-anchored ones last"
+    );
+    let scanned = store
+        .scan_entries_since(None, 1000, &ScanFilters::default())
+        .await
+        .unwrap();
+    let orders: Vec<(String, u64)> = scanned
+        .entries
+        .iter()
+        .map(|m| (m.id.clone(), m.receipt_order.unwrap()))
+        .collect();
+    assert_eq!(
+        orders,
+        vec![
+            ("r1".into(), 1),
+            ("r3".into(), 3),
+            ("r5".into(), 5),
+            ("r2".into(), 6),
+            ("r4".into(), 7)
+        ]
+    );
+    // A scanner whose cursor had passed r4's old place sees it again at its new one.
+    let cursor = ScanCursor {
+        receipt_order: 4,
+        id: "r4".into(),
+    };
+    let later = store
+        .scan_entries_since(Some(&cursor), 1000, &ScanFilters::default())
+        .await
+        .unwrap();
+    let later: Vec<&str> = later.entries.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(later, vec!["r5", "r2", "r4"]);
+    let even: Vec<String> = store
+        .find_new_entries_for_doc(&[], "even")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(even, vec!["r2", "r4"], "the document index lists each once");
+    assert_eq!(
+        store.stats().await.unwrap().entries,
+        5,
+        "no entry added by re-anchoring"
+    );
+
+    // The same receipts again change nothing; a newer receipt re-anchors once more.
+    assert!(store.apply_receipts(&receipts).await.unwrap().is_empty());
+    assert_eq!(store.get_store_head().await.unwrap().max_receipt_order, 7);
+    assert_eq!(
+        store
+            .apply_receipts(&[receipt_for("r2", "even", &[2], 12)])
+            .await
+            .unwrap(),
+        vec!["r2"]
+    );
+    assert_eq!(
+        store
+            .get_entry_metadata("r2")
+            .await
+            .unwrap()
+            .unwrap()
+            .receipt_order,
+        Some(8)
+    );
+    assert_eq!(
+        store.get_all_ids().await.unwrap(),
+        vec!["r1", "r3", "r5", "r4", "r2"]
+    );
+}
+
 #[tokio::test]
 async fn memory_store_meets_the_contract() {
     contract(&MemoryStore::standalone(sid())).await;
     paging_across_batches(&MemoryStore::standalone(sid())).await;
+    receipts_re_anchor(&MemoryStore::standalone(sid())).await;
+}
+
+#[tokio::test]
+async fn sled_store_re_anchors_receipts_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, _) = broadcast::channel(16);
+    {
+        let store = SledStore::open(sled::open(dir.path()).unwrap(), sid(), tx.clone()).unwrap();
+        receipts_re_anchor(&store).await;
+    }
+    let store = SledStore::open(sled::open(dir.path()).unwrap(), sid(), tx).unwrap();
+    assert_eq!(store.get_store_head().await.unwrap().max_receipt_order, 8);
+    assert_eq!(
+        store.get_all_ids().await.unwrap(),
+        vec!["r1", "r3", "r5", "r4", "r2"]
+    );
+    let r2 = store.get_entry_metadata("r2").await.unwrap().unwrap();
+    assert_eq!((r2.receipt_order, r2.received_at), (Some(8), Some(12)));
 }
 
 #[tokio::test]

@@ -95,6 +95,30 @@ impl ContentAddressedStore for MemoryStore {
         Ok(super::announce_put(&self.changes, &self.id, inserted, head))
     }
 
+    async fn apply_receipts(&self, receipts: &[EntryMetadata]) -> Result<Vec<String>, StoreError> {
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let mut updated = Vec::new();
+        for receipt in receipts {
+            let Some(stored) = inner.by_id.get(&receipt.id) else {
+                continue;
+            };
+            let Some(mut record) = super::with_receipt(stored, receipt) else {
+                continue;
+            };
+            let old = (stored.receipt_order.unwrap_or(0), receipt.id.clone());
+            inner.order.remove(&old);
+            inner.max_receipt_order += 1;
+            let ro = inner.max_receipt_order;
+            record.receipt_order = Some(ro);
+            inner.order.insert((ro, record.id.clone()));
+            inner.by_id.insert(record.id.clone(), Arc::new(record));
+            updated.push(receipt.id.clone());
+        }
+        let head = self.head(&inner);
+        drop(inner);
+        Ok(super::announce_put(&self.changes, &self.id, updated, head).inserted)
+    }
+
     async fn get_entries(&self, ids: &[String]) -> Result<Vec<Entry>, StoreError> {
         let inner = self.read();
         Ok(ids

@@ -157,6 +157,17 @@ pub trait ContentAddressedStore: Send + Sync {
 
     async fn get_entry_metadata(&self, id: &str) -> Result<Option<EntryMetadata>, StoreError>;
 
+    /// Copies witness receipts (`receivedAt`, `receivedByPublicKey`, `receivedDateSignature`) from
+    /// `receipts` onto the stored entries of the same ids and re-anchors every entry that changed at
+    /// a fresh receiptOrder (spec §4.11, §5.7), so that scanners see the updated record. Unknown ids,
+    /// records without a receipt and receipts already held are left alone (idempotent). The caller
+    /// verified the receipts. Returns the ids updated, in receipt order. A store without a local
+    /// copy (a remote store, an edge cache) holds nothing to update.
+    async fn apply_receipts(&self, receipts: &[EntryMetadata]) -> Result<Vec<String>, StoreError> {
+        let _ = receipts;
+        Ok(Vec::new())
+    }
+
     /// The subset of `ids` that exists, in request order.
     async fn has_entries(&self, ids: &[String]) -> Result<Vec<String>, StoreError>;
 
@@ -346,6 +357,32 @@ pub(crate) fn announce_put(
         });
     }
     PutSummary { inserted, head }
+}
+
+/// The stored record `stored` with the witness receipt of `receipt` copied onto it, when `receipt`
+/// carries one that `stored` does not already hold.
+pub(crate) fn with_receipt(
+    stored: &EntryMetadata,
+    receipt: &EntryMetadata,
+) -> Option<EntryMetadata> {
+    let (Some(at), Some(by), Some(signature)) = (
+        receipt.received_at,
+        receipt.received_by_public_key.as_ref(),
+        receipt.received_date_signature.as_ref(),
+    ) else {
+        return None;
+    };
+    if stored.received_at == Some(at)
+        && stored.received_by_public_key.as_ref() == Some(by)
+        && stored.received_date_signature.as_ref() == Some(signature)
+    {
+        return None;
+    }
+    let mut updated = stored.clone();
+    updated.received_at = Some(at);
+    updated.received_by_public_key = Some(by.clone());
+    updated.received_date_signature = Some(signature.clone());
+    Some(updated)
 }
 
 /// Fresh epoch: a UUIDv7 string like the reference's.

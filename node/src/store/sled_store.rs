@@ -3,7 +3,7 @@
 //! | key | value |
 //! |---|---|
 //! | `m` id | `u64be receiptOrder` ‖ metadata JSON (the wire record; its receiptOrder is the prefix) |
-//! | `o` `u64be first receiptOrder` | the ids of one batch, in receiptOrder order (see [`IdList`]) |
+//! | `o` `u64be first receiptOrder` | the ids of one batch, in receiptOrder order (see [`IdList`]); an entry re-anchored later (a witness receipt applied) leaves an empty id in its old place |
 //! | `d` `u32be len(docId)` docId `u64be first receiptOrder` | the ids of that document in that batch |
 //! | `p` contentHash | payload bytes, once per distinct hash |
 //! | `s:epoch`, `s:max`, `s:count`, `s:bytes`, `s:format` | store state |
@@ -79,6 +79,36 @@ impl IdList {
         );
         self.0.push(id.len() as u8);
         self.0.extend_from_slice(id.as_bytes());
+    }
+
+    /// Replaces the id at `position` with an empty id (a tombstone: later positions keep their
+    /// receiptOrders); false when the list has no such position or names another id there.
+    fn tombstone(bytes: &mut Vec<u8>, position: usize, id: &str) -> bool {
+        let mut at = 0;
+        for _ in 0..position {
+            match bytes.get(at) {
+                Some(&len) => at += 1 + len as usize,
+                None => return false,
+            }
+        }
+        let Some(&len) = bytes.get(at) else {
+            return false;
+        };
+        let end = at + 1 + len as usize;
+        if bytes.get(at + 1..end) != Some(id.as_bytes()) {
+            return false;
+        }
+        bytes.splice(at..end, [0u8]);
+        true
+    }
+
+    /// The list without `id` (document lists are sets; their positions carry no meaning).
+    fn without(bytes: &[u8], id: &str) -> Option<Vec<u8>> {
+        let mut out = IdList::default();
+        for kept in Self::decode(bytes)?.into_iter().filter(|k| *k != id) {
+            out.push(kept);
+        }
+        Some(out.0)
     }
 
     /// The ids in `bytes`, or `None` when the value is not a well-formed list.
@@ -392,6 +422,7 @@ impl SledStore {
                 Ok(ids
                     .into_iter()
                     .enumerate()
+                    .filter(|(_, id)| !id.is_empty()) // re-anchored elsewhere
                     .map(|(i, id)| (first + i as u64, id.to_string()))
                     .filter(|(ro, id)| {
                         *ro <= visible
@@ -476,6 +507,103 @@ impl ContentAddressedStore for SledStore {
             max_receipt_order: ro,
         };
         Ok(super::announce_put(&self.changes, &self.id, inserted, head))
+    }
+
+    async fn apply_receipts(&self, receipts: &[EntryMetadata]) -> Result<Vec<String>, StoreError> {
+        let _writer = self.write_lock.lock().await;
+        let reader = self.reader();
+        let mut ro = reader.visible;
+        let first = ro + 1;
+        let mut batch = sled::Batch::default();
+        let mut batch_ids = IdList::default();
+        let mut doc_ids: std::collections::BTreeMap<String, IdList> = Default::default();
+        // Index values rewritten by this call, read once and changed in memory.
+        let mut old_batches: std::collections::HashMap<Vec<u8>, Vec<u8>> = Default::default();
+        let mut old_docs: std::collections::HashMap<Vec<u8>, Vec<u8>> = Default::default();
+        let mut updated = Vec::new();
+        for receipt in receipts {
+            if updated.contains(&receipt.id) {
+                continue;
+            }
+            let Some(stored) = reader.meta(&receipt.id)? else {
+                continue;
+            };
+            let Some(mut record) = super::with_receipt(&stored, receipt) else {
+                continue;
+            };
+            let old_ro = stored
+                .receipt_order
+                .expect("a stored record has a receiptOrder");
+            let (key, list) = match self
+                .tree
+                .range(batch_key(0)..=batch_key(old_ro))
+                .next_back()
+            {
+                Some(item) => item.map_err(self.err())?,
+                None => return Err(self.corrupt(format!("no batch holds {}", record.id))),
+            };
+            let old_first = u64::from_be_bytes(
+                key[1..]
+                    .try_into()
+                    .map_err(|_| self.corrupt("malformed batch key"))?,
+            );
+            let list = old_batches
+                .entry(key.to_vec())
+                .or_insert_with(|| list.to_vec());
+            if !IdList::tombstone(list, (old_ro - old_first) as usize, &record.id) {
+                return Err(self.corrupt(format!(
+                    "batch {old_first} does not hold {} at receiptOrder {old_ro}",
+                    record.id
+                )));
+            }
+            let doc_key = doc_batch_key(&record.doc_id, old_first);
+            let doc_list = match old_docs.get(&doc_key) {
+                Some(list) => list.clone(),
+                None => self
+                    .tree
+                    .get(&doc_key)
+                    .map_err(self.err())?
+                    .map(|v| v.to_vec())
+                    .unwrap_or_default(),
+            };
+            let doc_list = IdList::without(&doc_list, &record.id)
+                .ok_or_else(|| self.corrupt(format!("malformed index of {}", record.doc_id)))?;
+            old_docs.insert(doc_key, doc_list);
+
+            ro += 1;
+            record.receipt_order = None;
+            let mut value = ro.to_be_bytes().to_vec();
+            serde_json::to_writer(&mut value, &record).expect("metadata serialises");
+            batch.insert(meta_key(&record.id), value);
+            batch_ids.push(&record.id);
+            doc_ids.entry(record.doc_id).or_default().push(&record.id);
+            updated.push(record.id);
+        }
+        if !updated.is_empty() {
+            for (key, list) in old_batches {
+                batch.insert(key, list);
+            }
+            for (key, list) in old_docs {
+                if list.is_empty() {
+                    batch.remove(key);
+                } else {
+                    batch.insert(key, list);
+                }
+            }
+            batch.insert(batch_key(first), batch_ids.0);
+            for (doc, ids) in doc_ids {
+                batch.insert(doc_batch_key(&doc, first), ids.0);
+            }
+            batch.insert(MAX, &ro.to_be_bytes()[..]);
+            self.tree.apply_batch(batch).map_err(self.err())?;
+            self.db.flush_async().await.map_err(self.err())?;
+            self.visible.store(ro, Ordering::Release);
+        }
+        let head = StoreHead {
+            epoch: self.epoch.clone(),
+            max_receipt_order: ro,
+        };
+        Ok(super::announce_put(&self.changes, &self.id, updated, head).inserted)
     }
 
     async fn get_entries(&self, ids: &[String]) -> Result<Vec<Entry>, StoreError> {
