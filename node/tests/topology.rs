@@ -212,6 +212,29 @@ async fn relay_rides_out_an_upstream_outage() {
         scans_after, scans_before,
         "cursors resumed: no full re-scan"
     );
+    // The origin's witness receipts for the queued writes reach the relay's own copy.
+    let at_origin = at_origin.fetch(DB, &ids(&during), "bob").await;
+    assert_eq!(at_origin.len(), 10);
+    let origin_witness = at_origin[0].metadata.received_by_public_key.clone();
+    assert!(origin_witness.is_some(), "the origin stamped the entries");
+    eventually("the relay's copy carries the origin's receipts", || async {
+        let at_relay = alice.fetch(DB, &ids(&during), "alice").await;
+        at_relay.len() == 10
+            && at_relay.iter().all(|e| {
+                e.metadata.received_by_public_key == origin_witness
+                    && syncrelay_node::crypto::signing::verify_witness(&e.metadata, DB)
+            })
+    })
+    .await;
+    let at_relay = alice.fetch(DB, &ids(&during), "alice").await;
+    for (relay_copy, origin_copy) in at_relay.iter().zip(&at_origin) {
+        assert_eq!(relay_copy.metadata.id, origin_copy.metadata.id);
+        assert_eq!(
+            relay_copy.metadata.received_date_signature,
+            origin_copy.metadata.received_date_signature
+        );
+        assert_eq!(relay_copy.encrypted_data, origin_copy.encrypted_data);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -505,7 +505,7 @@ pub async fn put_entries(
         }
         Role::Relay => {
             match crate::sync::service::forward_writes(&ctx.state, &id, accepted.clone()).await {
-                Some(outcome) => merge_upstream_verdict(accepted, outcome, &mut response),
+                Some(outcome) => merge_upstream_verdict(db, accepted, outcome, &mut response),
                 None => {
                     tracing::info!(store = %id, entries = accepted.len(), "upstream away: write kept and queued");
                     crate::sync::service::note_queued(&ctx.state, &id, accepted.len() as u64);
@@ -515,7 +515,7 @@ pub async fn put_entries(
         }
         Role::Edge | Role::Passthrough => {
             let outcome = store.push_entries(accepted.clone()).await?;
-            merge_upstream_verdict(accepted, outcome, &mut response);
+            merge_upstream_verdict(db, accepted, outcome, &mut response);
             return Ok(json(&response));
         }
     };
@@ -582,36 +582,35 @@ fn count_ingested(ctx: &SyncCtx, summary: PutSummary) {
 /// replace ours, its rejections become ours) and returns the entries to keep locally: each with
 /// the upstream's receipt when it describes the same payload.
 fn merge_upstream_verdict(
+    db: &str,
     forwarded: Vec<Entry>,
     outcome: crate::store::PushOutcome,
     response: &mut PutEntriesResponse,
 ) -> Vec<Entry> {
-    let upstream: HashMap<String, EntryMetadata> = outcome
-        .receipts
-        .into_iter()
-        .map(|m| (m.id.clone(), m))
-        .collect();
+    // Only the upstream's witness receipts are taken, and only where they verify over the entry
+    // this node checked: an upstream cannot change what is stored here or answered to the client.
+    let pushed: Vec<EntryMetadata> = forwarded.iter().map(|e| e.metadata.clone()).collect();
+    let stamped: HashMap<String, EntryMetadata> =
+        crate::sync::engine::verified_receipts(&pushed, &outcome.receipts, db)
+            .into_iter()
+            .map(|m| (m.id.clone(), m))
+            .collect();
     let refused: std::collections::HashSet<&str> =
         outcome.rejected.iter().map(|r| r.id.as_str()).collect();
     response
         .receipts
         .retain(|r| !refused.contains(r.id.as_str()));
     for receipt in &mut response.receipts {
-        if let Some(u) = upstream.get(&receipt.id) {
-            if u.content_hash == receipt.content_hash {
-                *receipt = u.clone();
-            }
+        if let Some(stamped) = stamped.get(&receipt.id) {
+            *receipt = stamped.clone();
         }
     }
     let kept = forwarded
         .into_iter()
         .filter(|e| !refused.contains(e.metadata.id.as_str()))
         .map(|mut e| {
-            if let Some(u) = upstream.get(&e.metadata.id) {
-                if u.content_hash == e.metadata.content_hash {
-                    e.metadata = u.clone();
-                    e.metadata.receipt_order = None;
-                }
+            if let Some(stamped) = stamped.get(&e.metadata.id) {
+                e.metadata = stamped.clone();
             }
             e
         })

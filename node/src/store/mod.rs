@@ -361,10 +361,7 @@ pub(crate) fn announce_put(
 
 /// The stored record `stored` with the witness receipt of `receipt` copied onto it, when `receipt`
 /// carries one that `stored` does not already hold.
-pub(crate) fn with_receipt(
-    stored: &EntryMetadata,
-    receipt: &EntryMetadata,
-) -> Option<EntryMetadata> {
+pub fn with_receipt(stored: &EntryMetadata, receipt: &EntryMetadata) -> Option<EntryMetadata> {
     let (Some(at), Some(by), Some(signature)) = (
         receipt.received_at,
         receipt.received_by_public_key.as_ref(),

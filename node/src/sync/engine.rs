@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::bloom::BloomTester;
 use crate::store::{ContentAddressedStore, StoreError};
-use crate::wire::{Entry, Rejection, ScanCursor, ScanFilters, ScanPage, StoreHead, MAX_SCAN_PAGE};
+use crate::wire::{
+    Entry, EntryMetadata, Rejection, ScanCursor, ScanFilters, ScanPage, StoreHead, MAX_SCAN_PAGE,
+};
 
 /// What is remembered per (source, target) pair between passes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -277,9 +279,18 @@ async fn move_entries(
             let mut count = entries.len() as u64;
             let bytes = entries.iter().map(|e| e.encrypted_data.len() as u64).sum();
             if !entries.is_empty() {
+                let db_id = &source.id().db_id;
+                let pushed: Vec<EntryMetadata> =
+                    entries.iter().map(|e| e.metadata.clone()).collect();
                 let outcome = target.push_entries(entries).await?;
                 count = count.saturating_sub(outcome.rejected.len() as u64);
                 rejected.extend(outcome.rejected);
+                // The target's witness receipts go onto the source's copy (a relay forwarding the
+                // writes it queued while its upstream was away gets the origin's receipts).
+                let receipts = verified_receipts(&pushed, &outcome.receipts, db_id);
+                if !receipts.is_empty() {
+                    source.apply_receipts(&receipts).await?;
+                }
             }
             Ok::<_, StoreError>((count, bytes, rejected))
         })
@@ -292,6 +303,25 @@ async fn move_entries(
         report.rejected.extend(rejected);
     }
     Ok(())
+}
+
+/// The records of `pushed` with the witness receipts of `receipts` copied on, for every receipt
+/// that is new to the pushed record and whose signature verifies over it (spec §5.6): a receipt is
+/// taken only for exactly the entry that was pushed, never on the target's word alone.
+pub fn verified_receipts(
+    pushed: &[EntryMetadata],
+    receipts: &[EntryMetadata],
+    db_id: &str,
+) -> Vec<EntryMetadata> {
+    let by_id: std::collections::HashMap<&str, &EntryMetadata> =
+        pushed.iter().map(|m| (m.id.as_str(), m)).collect();
+    receipts
+        .iter()
+        .filter_map(|receipt| {
+            let merged = crate::store::with_receipt(by_id.get(receipt.id.as_str())?, receipt)?;
+            crate::crypto::signing::verify_witness(&merged, db_id).then_some(merged)
+        })
+        .collect()
 }
 
 /// The flow for sources without cursor scan or store head: all target ids → `findNewEntries`.
@@ -334,6 +364,54 @@ mod tests {
     fn store() -> MemoryStore {
         let id = StoreId::new("t", "db", StoreKind::Docs).unwrap();
         MemoryStore::new(id, broadcast::channel(16).0)
+    }
+
+    #[test]
+    fn only_receipts_that_verify_over_the_pushed_entry_are_taken() {
+        let server = crate::testdata::identity("server");
+        let stamp = |m: &EntryMetadata, db: &str| {
+            let mut m = m.clone();
+            crate::crypto::signing::stamp_witness(
+                &mut m,
+                db,
+                1_700_000_000_123,
+                &server.signer,
+                &server.signing_public_pem,
+            );
+            m
+        };
+        let pushed: Vec<EntryMetadata> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|id| entry(id, "doc", &[], "doc_create", id.as_bytes()).metadata)
+            .collect();
+        let good = stamp(&pushed[0], "db");
+        let other_db = stamp(&pushed[1], "elsewhere");
+        let mut forged = stamp(&pushed[2], "db");
+        forged.received_at = Some(1); // the signature covers receivedAt
+        let mut changed_entry = stamp(&pushed[3], "db");
+        changed_entry.doc_id = "other".into(); // the receipt's own fields are never taken
+        let mut other_fields = pushed[3].clone();
+        other_fields.doc_id = "other".into();
+        let for_other_fields = stamp(&other_fields, "db");
+        let unstamped = pushed[4].clone();
+        let taken = verified_receipts(
+            &pushed,
+            &[
+                good.clone(),
+                other_db,
+                forged,
+                changed_entry,
+                for_other_fields,
+                unstamped,
+            ],
+            "db",
+        );
+        assert_eq!(taken.len(), 2, "{taken:?}");
+        assert_eq!(taken[0], good);
+        // A receipt signed over the pushed fields is valid even if the record around it differs:
+        // only its three receipt fields are copied onto the pushed record.
+        assert_eq!(taken[1].id, "d");
+        assert_eq!(taken[1].doc_id, "doc");
     }
 
     fn entries(prefix: &str, n: usize) -> Vec<Entry> {
