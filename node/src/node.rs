@@ -17,7 +17,7 @@ use crate::server::{self, AppState, Limiters, SharedState};
 use crate::store::cache::EdgeCache;
 use crate::store::{StorageBackend, StoreRegistry};
 use crate::sync::links::Links;
-use crate::sync::service::SyncQueue;
+use crate::sync::service::{SyncQueue, UpstreamFeeds};
 
 /// Loads the configured identity, or the one generated earlier under `dataDir/identity`, or
 /// generates and keeps a new one.
@@ -123,6 +123,7 @@ pub fn build_state(config: NodeConfig) -> anyhow::Result<SharedState> {
         metrics,
         links,
         sync_queue: SyncQueue::default(),
+        upstream_feeds: UpstreamFeeds::default(),
         cache,
     }))
 }

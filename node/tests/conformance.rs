@@ -5,7 +5,6 @@ mod common;
 
 use common::*;
 use ed25519_dalek::Signer;
-use futures::StreamExt;
 use serde_json::{json, Value};
 use syncrelay_node::bloom::{self, BloomSummary, BloomTester};
 use syncrelay_node::crypto::signing::verify_witness;
@@ -837,34 +836,9 @@ async fn sse_change_events_after_a_put() {
     let node = Node::start("");
     let mut c = node.client();
     let token = c.login("alice").await;
-    let resp = reqwest::Client::new()
-        .get(format!("{}/vectors/sync/docs/events?dbId={DB}", node.url))
-        .bearer_auth(&token)
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["content-type"], "text/event-stream");
-    let mut stream = resp.bytes_stream();
-    let mut text = String::new();
-    let mut next_message = async || -> String {
-        loop {
-            if let Some(end) = text.find("\n\n") {
-                let msg = text[..end].to_string();
-                text.drain(..end + 2);
-                return msg;
-            }
-            let chunk = tokio::time::timeout(std::time::Duration::from_secs(20), stream.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            text.push_str(std::str::from_utf8(&chunk).unwrap());
-        }
-    };
+    let mut events = EventStream::open(&node.url, &token).await;
     assert_eq!(
-        next_message().await,
+        events.next_message().await,
         "event: hello\ndata: {\"protocolVersion\":\"sync-v5\"}"
     );
     let entry = signed_entry("alice", "d", 0, 32);
@@ -873,7 +847,7 @@ async fn sse_change_events_after_a_put() {
         json!({"dbId": "otherdb", "entries": wire_entries(&[entry])}),
     )
     .await;
-    let change = next_message().await;
+    let change = events.next_message().await;
     let data: Value =
         serde_json::from_str(change.strip_prefix("event: change\ndata: ").expect(&change)).unwrap();
     assert_eq!(data["dbId"], "otherdb");

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::cluster::Cluster;
-use common::{eventually, signed_payload_entry, DB};
+use common::{eventually, signed_payload_entry, EventStream, DB};
 use syncrelay_node::crypto::payload;
 use syncrelay_node::wire::Entry;
 
@@ -150,6 +150,63 @@ async fn three_hop_chain_carries_writes_both_ways() {
     assert!(cache["hits"].as_u64().unwrap() >= 30, "{cache}");
     assert!(cache["misses"].as_u64().unwrap() >= 30, "{cache}");
     assert!(cache["bytes"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn edges_and_passthroughs_relay_their_upstreams_change_feed() {
+    let mut c = Cluster::new(&["origin", "edge", "passthrough"]);
+    c.configure(0, "role: origin\n");
+    c.configure(1, &format!("role: edge\n{}", c.remotes("upstreams", &[0])));
+    c.configure(
+        2,
+        &format!("role: passthrough\n{}", c.remotes("upstreams", &[1])),
+    );
+    for i in 0..3 {
+        c.start(i);
+    }
+    let mut alice = c.client(0);
+    alice.login("alice").await;
+    let mut feeds = Vec::new();
+    for i in [1, 2] {
+        let mut bob = c.client(i);
+        let token = bob.login("bob").await;
+        let caps = bob
+            .get(&format!("/vectors/sync/docs/capabilities?dbId={DB}"))
+            .await
+            .json();
+        assert_eq!(caps["capabilities"]["supportsChangeEvents"], true, "{caps}");
+        let mut events = EventStream::open(&c.url(i), &token).await;
+        assert!(events.next_message().await.starts_with("event: hello"));
+        feeds.push(events);
+    }
+    // A node starts following its upstream's feed when its first subscriber arrives, so a write
+    // made before that is not announced: write until each feed has announced one.
+    for (n, events) in feeds.iter_mut().enumerate() {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let change = loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no change event relayed"
+            );
+            alice
+                .push(DB, &encrypted_entries(&format!("feed{n}"), 1))
+                .await;
+            let wait = std::time::Duration::from_millis(500);
+            if let Ok(change) = tokio::time::timeout(wait, events.next_change()).await {
+                break change;
+            }
+        };
+        assert_eq!(change["dbId"], DB);
+        assert_eq!(change["storeKind"], "docs");
+        let origin_head = alice
+            .sync("getStoreHead", serde_json::json!({ "dbId": DB }))
+            .await
+            .json()["head"]
+            .clone();
+        assert_eq!(change["epoch"], origin_head["epoch"], "the upstream's head");
+        assert!(change["maxReceiptOrder"].as_u64() <= origin_head["maxReceiptOrder"].as_u64());
+        assert!(change["maxReceiptOrder"].as_u64() >= Some(1));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

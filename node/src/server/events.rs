@@ -1,6 +1,6 @@
 //! `GET /:tenantId/sync/:storeKind/events`: the SSE change feed (spec §4.17). LF-only framing, a
 //! `hello` event first, a `change` event per stored batch of any database of the tenant and store
-//! kind, and a heartbeat comment every 30 s.
+//! kind, and a heartbeat comment every 30 s. An edge or passthrough relays its upstreams' events.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -34,6 +34,10 @@ pub async fn events(
     ))?;
     let ctx = pending.finish(&state, directory)?;
     let (tenant, kind) = (ctx.tenant.clone(), ctx.kind);
+    if !state.config.role.has_local_copy() {
+        // An edge or passthrough has no changes of its own: it relays its upstreams'.
+        crate::sync::service::UpstreamFeeds::follow(&state, &tenant, kind);
+    }
 
     let hello = Event::default()
         .event("hello")

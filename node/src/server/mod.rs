@@ -33,7 +33,7 @@ use crate::store::cache::{CachedStore, EdgeCache};
 use crate::store::registry::SharedStore;
 use crate::store::StoreRegistry;
 use crate::sync::links::Links;
-use crate::sync::service::{SyncQueue, Want};
+use crate::sync::service::{SyncQueue, UpstreamFeeds, Want};
 use crate::wire::{ids, ServerInfo, StoreId, Timestamping};
 use error::ApiError;
 use limits::RateLimiter;
@@ -75,6 +75,8 @@ pub struct AppState {
     /// Upstreams and peers (none for a lone origin).
     pub links: Option<Arc<Links>>,
     pub sync_queue: SyncQueue,
+    /// Upstream change feeds relayed by a node without a local copy.
+    pub upstream_feeds: UpstreamFeeds,
     /// The edge role's cache.
     pub cache: Option<Arc<EdgeCache>>,
 }

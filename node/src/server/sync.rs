@@ -220,8 +220,8 @@ pub async fn capabilities(
             supports_store_head: true,
             supports_session_key_wrap: true,
             supports_binary_entries: true,
-            // Nodes without a local copy have no change feed of their own.
-            supports_change_events: state.config.role.has_local_copy(),
+            // Nodes without a local copy relay their upstreams' change feeds.
+            supports_change_events: true,
         },
     }))
 }

@@ -164,6 +164,12 @@ impl StoreRegistry {
         self.changes.subscribe()
     }
 
+    /// Publishes a change that did not come from a store of this registry (an upstream's, relayed
+    /// by a node without a local copy). No subscriber is not an error.
+    pub fn announce(&self, change: StoreChange) {
+        let _ = self.changes.send(change);
+    }
+
     /// Flushes everything (graceful shutdown).
     pub async fn flush_all(&self) -> Result<(), StoreError> {
         if let StorageBackend::Sled(db) = &self.backend {

@@ -337,9 +337,14 @@ fn carried_stores(state: &SharedState) -> HashSet<StoreId> {
     out
 }
 
-/// Follows one link's change feed for one tenant and store kind; every `change` event queues a
-/// pull of that database. Reconnects with backoff (1 s doubling to 60 s, reset on each event).
-async fn follow_feed(state: SharedState, link: Arc<Link>, tenant: String, kind: StoreKind) {
+/// Follows one link's change feed for one tenant and store kind and hands every `change` event to
+/// `on_change`. Reconnects with backoff (1 s doubling to 60 s, reset on each event).
+async fn follow_feed(
+    link: Arc<Link>,
+    tenant: String,
+    kind: StoreKind,
+    on_change: impl Fn(StoreId, ChangeEventData) + Send + 'static,
+) {
     let mut backoff = Duration::from_secs(1);
     loop {
         let session = link.session(&tenant);
@@ -357,13 +362,7 @@ async fn follow_feed(state: SharedState, link: Arc<Link>, tenant: String, kind: 
                             continue;
                         };
                         if let Ok(id) = StoreId::new(&tenant, &change.db_id, change.store_kind) {
-                            state.sync_queue.request(
-                                id,
-                                Want {
-                                    pull: true,
-                                    push: false,
-                                },
-                            );
+                            on_change(id, change);
                         }
                     }
                 }
@@ -374,6 +373,52 @@ async fn follow_feed(state: SharedState, link: Arc<Link>, tenant: String, kind: 
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// The upstream change feeds a node without a local copy (edge, passthrough) relays to its own
+/// subscribers: one follower per (upstream, tenant, store kind), started by the first subscriber
+/// and kept for the life of the process. Its events carry the upstream's head, which is the head
+/// such a node serves.
+#[derive(Default)]
+pub struct UpstreamFeeds {
+    followed: Mutex<HashSet<(String, String, StoreKind)>>,
+}
+
+impl UpstreamFeeds {
+    /// Makes sure the change events of `tenant`'s `kind` stores at every upstream reach this node's
+    /// change feed.
+    pub fn follow(state: &SharedState, tenant: &str, kind: StoreKind) {
+        let Some(links) = state.links.clone() else {
+            return;
+        };
+        for link in links.upstreams.iter() {
+            let key = (link.name.clone(), tenant.to_string(), kind);
+            if !state
+                .upstream_feeds
+                .followed
+                .lock()
+                .expect("followed feeds")
+                .insert(key)
+            {
+                continue;
+            }
+            let relayed = state.clone();
+            tokio::spawn(follow_feed(
+                link.clone(),
+                tenant.to_string(),
+                kind,
+                move |id, change| {
+                    relayed.stores.announce(crate::store::StoreChange {
+                        store: id,
+                        head: crate::wire::StoreHead {
+                            epoch: change.epoch,
+                            max_receipt_order: change.max_receipt_order,
+                        },
+                    })
+                },
+            ));
+        }
     }
 }
 
@@ -464,11 +509,20 @@ pub async fn run(state: SharedState, shutdown: impl std::future::Future<Output =
             for tenant in &tenants {
                 for kind in [StoreKind::Docs, StoreKind::Attachments] {
                     if feeds.insert((link.name.clone(), tenant.clone(), kind)) {
+                        let queue = state.clone();
                         feed_tasks.push(tokio::spawn(follow_feed(
-                            state.clone(),
                             link.clone(),
                             tenant.clone(),
                             kind,
+                            move |id, _| {
+                                queue.sync_queue.request(
+                                    id,
+                                    Want {
+                                        pull: true,
+                                        push: false,
+                                    },
+                                )
+                            },
                         )));
                     }
                 }

@@ -328,6 +328,60 @@ pub fn wire_entries(entries: &[Entry]) -> Value {
 }
 
 /// Polls `check` until it is true or the deadline passes.
+/// A client's subscription to a node's SSE change feed (spec §4.17), read message by message.
+pub struct EventStream {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    text: String,
+}
+
+impl EventStream {
+    /// Opens `GET /{TENANT}/sync/docs/events` at `base` with `token`; asserts the SSE answer.
+    pub async fn open(base: &str, token: &str) -> EventStream {
+        let resp = reqwest::Client::new()
+            .get(format!("{base}/{TENANT}/sync/docs/events?dbId={DB}"))
+            .bearer_auth(token)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        EventStream {
+            body: Box::pin(resp.bytes_stream()),
+            text: String::new(),
+        }
+    }
+
+    /// The next message (an event or a comment), without its blank-line terminator; fails after
+    /// 20 s without one.
+    pub async fn next_message(&mut self) -> String {
+        use futures::StreamExt;
+        loop {
+            if let Some(end) = self.text.find("\n\n") {
+                let msg = self.text[..end].to_string();
+                self.text.drain(..end + 2);
+                return msg;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(20), self.body.next())
+                .await
+                .expect("an SSE message within 20 s")
+                .expect("the feed stays open")
+                .unwrap();
+            self.text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    /// The data of the next `change` event, skipping other messages.
+    pub async fn next_change(&mut self) -> Value {
+        loop {
+            let msg = self.next_message().await;
+            if let Some(data) = msg.strip_prefix("event: change\ndata: ") {
+                return serde_json::from_str(data).unwrap();
+            }
+        }
+    }
+}
+
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
