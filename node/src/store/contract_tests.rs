@@ -461,6 +461,56 @@ async fn sled_store_meets_the_contract_and_persists() {
     );
 }
 
+/// Readers running while receipts are applied see every entry exactly once, every time: a
+/// re-anchored entry is never at neither place (nor at both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_readers_never_miss_an_entry_being_re_anchored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, _) = broadcast::channel(1024);
+    let store =
+        std::sync::Arc::new(SledStore::open(sled::open(dir.path()).unwrap(), sid(), tx).unwrap());
+    let n = 200;
+    let entries: Vec<Entry> = (0..n)
+        .map(|i| entry(&format!("e{i:03}"), "doc", &[], "doc_create", &[i as u8, 1]))
+        .collect();
+    store.put_entries(entries).await.unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (store, done) = (store.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut reads = 0;
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                let ids = store.get_all_ids().await.unwrap();
+                let unique: std::collections::HashSet<&String> = ids.iter().collect();
+                assert_eq!((ids.len(), unique.len()), (n, n), "after {reads} reads");
+                let page = store
+                    .scan_entries_since(None, 1000, &ScanFilters::default())
+                    .await
+                    .unwrap();
+                assert_eq!(page.entries.len(), n);
+                let held = store.get_entry_metadata("e007").await.unwrap();
+                assert!(held.is_some(), "e007 is always readable");
+                reads += 1;
+                tokio::task::yield_now().await;
+            }
+            reads
+        })
+    };
+    for round in 0..30 {
+        let receipts: Vec<EntryMetadata> = (0..n)
+            .step_by(3)
+            .map(|i| receipt_for(&format!("e{i:03}"), "doc", &[i as u8, 1], 100 + round))
+            .collect();
+        assert_eq!(
+            store.apply_receipts(&receipts).await.unwrap().len(),
+            receipts.len()
+        );
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let reads = reader.await.unwrap();
+    assert!(reads > 0);
+}
+
 #[tokio::test]
 async fn a_lying_content_hash_is_refused_by_the_store() {
     let store = MemoryStore::standalone(sid());

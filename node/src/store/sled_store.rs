@@ -268,6 +268,11 @@ pub struct SledStore {
     tree: sled::Tree,
     epoch: String,
     write_lock: tokio::sync::Mutex<()>,
+    /// Re-anchoring an entry (a receipt applied) moves it to a new receiptOrder that becomes visible
+    /// only after its flush; in between it would be at neither place. Reads hold this shared, the
+    /// re-anchoring write holds it exclusively for that window (rare, a few milliseconds). No read
+    /// takes it twice, so a waiting writer cannot deadlock a reader.
+    reanchor_gate: tokio::sync::RwLock<()>,
     /// Highest receiptOrder that is durable and visible.
     visible: AtomicU64,
     changes: broadcast::Sender<StoreChange>,
@@ -326,6 +331,7 @@ impl SledStore {
             tree,
             epoch,
             write_lock: tokio::sync::Mutex::new(()),
+            reanchor_gate: tokio::sync::RwLock::new(()),
             visible: AtomicU64::new(visible),
             changes,
             bloom_cache: Mutex::new(None),
@@ -362,6 +368,7 @@ impl SledStore {
         ids: &[String],
         read: fn(&Reader, &str) -> Result<Option<T>, StoreError>,
     ) -> Result<Vec<T>, StoreError> {
+        let _gate = self.reanchor_gate.read().await;
         let reader = self.reader();
         let ids = ids.to_vec();
         let found = crate::cpu::run(move || {
@@ -592,6 +599,7 @@ impl ContentAddressedStore for SledStore {
                 batch.insert(doc_batch_key(&doc, first), ids.0);
             }
             batch.insert(MAX, &ro.to_be_bytes()[..]);
+            let _gate = self.reanchor_gate.write().await;
             self.tree.apply_batch(batch).map_err(self.err())?;
             self.db.flush_async().await.map_err(self.err())?;
             self.visible.store(ro, Ordering::Release);
@@ -612,6 +620,7 @@ impl ContentAddressedStore for SledStore {
     }
 
     async fn get_entry_metadata(&self, id: &str) -> Result<Option<EntryMetadata>, StoreError> {
+        let _gate = self.reanchor_gate.read().await;
         self.load_meta(id)
     }
 
@@ -628,6 +637,7 @@ impl ContentAddressedStore for SledStore {
         limit: usize,
         filters: &ScanFilters,
     ) -> Result<ScanPage, StoreError> {
+        let _gate = self.reanchor_gate.read().await;
         let limit = limit.clamp(1, MAX_SCAN_PAGE);
         let mut entries = Vec::new();
         let mut has_more = false;
@@ -678,6 +688,7 @@ impl ContentAddressedStore for SledStore {
     }
 
     async fn get_all_ids(&self) -> Result<Vec<String>, StoreError> {
+        let _gate = self.reanchor_gate.read().await;
         self.order_range(None)
             .map(|r| r.map(|(_, id)| id))
             .collect()
@@ -701,6 +712,7 @@ impl ContentAddressedStore for SledStore {
         have_ids: &[String],
         doc_id: &str,
     ) -> Result<Vec<EntryMetadata>, StoreError> {
+        let _gate = self.reanchor_gate.read().await;
         let have: HashSet<&str> = have_ids.iter().map(String::as_str).collect();
         let mut out = Vec::new();
         for item in self.tree.scan_prefix(doc_prefix(doc_id)) {
