@@ -259,6 +259,64 @@ pub fn verify_author_signature(
         .map_err(|_| AuthorSignatureError::Invalid)
 }
 
+/// Verifies many signatures made by *one* key at once (a push batch usually comes from one author):
+/// the batch equation `[-Σ zᵢsᵢ]B + Σ zᵢRᵢ + [Σ zᵢkᵢ]A = 0` (cofactored, random 128-bit `zᵢ`, as
+/// ed25519-dalek's `verify_batch`), with the key's term folded into one point instead of one per
+/// signature, which saves a third of the multiscalar multiplication. `false` means at least one
+/// signature is invalid (or a point or scalar is malformed); the caller then checks one by one.
+pub fn verify_batch_one_key(
+    key: &VerifyingKey,
+    messages: &[&[u8]],
+    signatures: &[Signature],
+) -> bool {
+    use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
+    use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+    use curve25519_dalek::scalar::Scalar;
+    use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
+    use rand::Rng;
+    use sha2::{Digest, Sha512};
+
+    if messages.len() != signatures.len() {
+        return false;
+    }
+    let Some(a) = CompressedEdwardsY(key.to_bytes()).decompress() else {
+        return false;
+    };
+    let mut rng = rand::rng();
+    let mut b_coefficient = Scalar::ZERO;
+    let mut a_coefficient = Scalar::ZERO;
+    let mut scalars = Vec::with_capacity(signatures.len() + 2);
+    let mut points = Vec::with_capacity(signatures.len() + 2);
+    for (message, signature) in messages.iter().zip(signatures) {
+        let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(*signature.s_bytes()))
+        else {
+            return false;
+        };
+        let Some(r) = CompressedEdwardsY(*signature.r_bytes()).decompress() else {
+            return false;
+        };
+        let hram: [u8; 64] = Sha512::new()
+            .chain_update(signature.r_bytes())
+            .chain_update(key.as_bytes())
+            .chain_update(message)
+            .finalize()
+            .into();
+        let k = Scalar::from_bytes_mod_order_wide(&hram);
+        let mut z = [0u8; 32];
+        rng.fill_bytes(&mut z[..16]);
+        let z = Scalar::from_bytes_mod_order(z);
+        b_coefficient -= z * s;
+        a_coefficient += z * k;
+        scalars.push(z);
+        points.push(r);
+    }
+    scalars.extend([b_coefficient, a_coefficient]);
+    points.extend([ED25519_BASEPOINT_POINT, a]);
+    EdwardsPoint::vartime_multiscalar_mul(scalars, points)
+        .mul_by_cofactor()
+        .is_identity()
+}
+
 /// Stamps a witness receipt onto `m` (spec §5.6).
 pub fn stamp_witness(
     m: &mut EntryMetadata,
@@ -382,6 +440,65 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn one_key_batches_accept_only_all_valid_signatures() {
+        use ed25519_dalek::Signer;
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
+        let other = ed25519_dalek::SigningKey::from_bytes(&[4u8; 32]);
+        let messages: Vec<Vec<u8>> = (0..70).map(|i| format!("entry {i}").into_bytes()).collect();
+        let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        let sigs: Vec<Signature> = messages.iter().map(|m| key.sign(m)).collect();
+        let public = key.verifying_key();
+        assert!(verify_batch_one_key(&public, &refs, &sigs));
+        assert!(verify_batch_one_key(&public, &[], &[]));
+        assert!(
+            !verify_batch_one_key(&other.verifying_key(), &refs, &sigs),
+            "wrong key"
+        );
+        assert!(
+            !verify_batch_one_key(
+                &public,
+                &refs[1..],
+                &sigs[1..70].iter().rev().cloned().collect::<Vec<_>>()
+            ),
+            "swapped"
+        );
+        let mut changed = refs.clone();
+        changed[33] = b"entry 34";
+        assert!(
+            !verify_batch_one_key(&public, &changed, &sigs),
+            "one message changed"
+        );
+        let mut forged = sigs.clone();
+        forged[69] = other.sign(&messages[69]);
+        assert!(
+            !verify_batch_one_key(&public, &refs, &forged),
+            "one signature by another key"
+        );
+        // s + l: the same value mod l, but not canonical (verification must refuse malleated s).
+        let mut bytes = sigs[5].to_bytes();
+        let l: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
+            0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let mut carry = 0u16;
+        for i in 0..32 {
+            let sum = bytes[32 + i] as u16 + l[i] as u16 + carry;
+            bytes[32 + i] = sum as u8;
+            carry = sum >> 8;
+        }
+        let mut malleated = sigs.clone();
+        malleated[5] = Signature::from_bytes(&bytes);
+        assert!(
+            !verify_batch_one_key(&public, &refs, &malleated),
+            "non-canonical s"
+        );
+        assert!(
+            !verify_batch_one_key(&public, &refs[..3], &sigs[..2]),
+            "length mismatch"
+        );
     }
 
     #[test]
