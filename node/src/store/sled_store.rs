@@ -436,6 +436,28 @@ impl SledStore {
             })
     }
 
+    /// Ends a write under the write lock: adds the index of the new batch (receiptOrders
+    /// `first..=last`, its ids and its per-document lists) and the new maximum to `batch`, applies
+    /// it atomically, flushes, and only then makes `last` visible.
+    async fn commit(
+        &self,
+        mut batch: sled::Batch,
+        first: u64,
+        ids: IdList,
+        doc_ids: std::collections::BTreeMap<String, IdList>,
+        last: u64,
+    ) -> Result<(), StoreError> {
+        batch.insert(batch_key(first), ids.0);
+        for (doc, ids) in doc_ids {
+            batch.insert(doc_batch_key(&doc, first), ids.0);
+        }
+        batch.insert(MAX, &last.to_be_bytes()[..]);
+        self.tree.apply_batch(batch).map_err(self.err())?;
+        self.db.flush_async().await.map_err(self.err())?;
+        self.visible.store(last, Ordering::Release);
+        Ok(())
+    }
+
     fn payload_bytes_total(&self) -> Result<u64, StoreError> {
         Ok(read_u64(self.tree.get(BYTES).map_err(self.err())?))
     }
@@ -495,16 +517,9 @@ impl ContentAddressedStore for SledStore {
             inserted.push(entry.id);
         }
         if !inserted.is_empty() {
-            batch.insert(batch_key(first), batch_ids.0);
-            for (doc, ids) in doc_ids {
-                batch.insert(doc_batch_key(&doc, first), ids.0);
-            }
-            batch.insert(MAX, &ro.to_be_bytes()[..]);
             batch.insert(COUNT, &count.to_be_bytes()[..]);
             batch.insert(BYTES, &bytes.to_be_bytes()[..]);
-            self.tree.apply_batch(batch).map_err(self.err())?;
-            self.db.flush_async().await.map_err(self.err())?;
-            self.visible.store(ro, Ordering::Release);
+            self.commit(batch, first, batch_ids, doc_ids, ro).await?;
         }
         let head = StoreHead {
             epoch: self.epoch.clone(),
@@ -594,15 +609,8 @@ impl ContentAddressedStore for SledStore {
                     batch.insert(key, list);
                 }
             }
-            batch.insert(batch_key(first), batch_ids.0);
-            for (doc, ids) in doc_ids {
-                batch.insert(doc_batch_key(&doc, first), ids.0);
-            }
-            batch.insert(MAX, &ro.to_be_bytes()[..]);
             let _gate = self.reanchor_gate.write().await;
-            self.tree.apply_batch(batch).map_err(self.err())?;
-            self.db.flush_async().await.map_err(self.err())?;
-            self.visible.store(ro, Ordering::Release);
+            self.commit(batch, first, batch_ids, doc_ids, ro).await?;
         }
         let head = StoreHead {
             epoch: self.epoch.clone(),
