@@ -35,6 +35,22 @@ pub(crate) fn entry(id: &str, doc: &str, deps: &[&str], entry_type: &str, payloa
     }
 }
 
+/// Opens a sled directory the test has just closed. sled's background flusher releases the
+/// directory's file lock shortly after the last handle is dropped, so the lock is polled for (with a
+/// deadline) rather than assumed free.
+async fn reopen(path: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("cannot reopen {}: {e}", path.display()),
+        }
+    }
+}
+
 fn sid() -> StoreId {
     StoreId::new("t", "db", StoreKind::Docs).unwrap()
 }
@@ -416,7 +432,7 @@ async fn sled_store_re_anchors_receipts_durably() {
         let store = SledStore::open(sled::open(dir.path()).unwrap(), sid(), tx.clone()).unwrap();
         receipts_re_anchor(&store).await;
     }
-    let store = SledStore::open(sled::open(dir.path()).unwrap(), sid(), tx).unwrap();
+    let store = SledStore::open(reopen(dir.path()).await, sid(), tx).unwrap();
     assert_eq!(store.get_store_head().await.unwrap().max_receipt_order, 8);
     assert_eq!(
         store.get_all_ids().await.unwrap(),
@@ -445,7 +461,7 @@ async fn sled_store_meets_the_contract_and_persists() {
         contract(&store).await;
         epoch = store.get_store_head().await.unwrap().epoch;
     }
-    let db = sled::open(dir.path()).unwrap();
+    let db = reopen(dir.path()).await;
     let store = SledStore::open(db, sid(), tx).unwrap();
     let head = store.get_store_head().await.unwrap();
     assert_eq!(head.epoch, epoch, "epoch persists");
