@@ -540,8 +540,11 @@ impl ContentAddressedStore for SledStore {
         let mut old_batches: std::collections::HashMap<Vec<u8>, Vec<u8>> = Default::default();
         let mut old_docs: std::collections::HashMap<Vec<u8>, Vec<u8>> = Default::default();
         let mut updated = Vec::new();
+        // Ids already re-anchored by this call: `reader` still sees their old place, so a second
+        // receipt for one of them is not applied again.
+        let mut moved: HashSet<String> = HashSet::new();
         for receipt in receipts {
-            if updated.contains(&receipt.id) {
+            if moved.contains(&receipt.id) {
                 continue;
             }
             let Some(stored) = reader.meta(&receipt.id)? else {
@@ -596,6 +599,7 @@ impl ContentAddressedStore for SledStore {
             batch.insert(meta_key(&record.id), value);
             batch_ids.push(&record.id);
             doc_ids.entry(record.doc_id).or_default().push(&record.id);
+            moved.insert(record.id.clone());
             updated.push(record.id);
         }
         if !updated.is_empty() {
