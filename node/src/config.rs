@@ -256,8 +256,10 @@ pub struct DatabaseRef {
 pub struct SyncConfig {
     /// Fallback store-head check interval (change events trigger syncs sooner).
     pub interval_ms: u64,
-    /// Entries per transfer batch.
+    /// Entries per transfer batch (one getEntries request)...
     pub batch_size: usize,
+    /// ...and payload bytes per batch, whichever is reached first.
+    pub batch_bytes: u64,
     /// Transfer batches in flight per sync.
     pub max_in_flight: usize,
     /// Timeout of one upstream request.
@@ -274,7 +276,8 @@ impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
             interval_ms: 5_000,
-            batch_size: 250,
+            batch_size: 1000,
+            batch_bytes: 4 << 20,
             max_in_flight: 3,
             request_timeout_ms: 30_000,
             max_attempts: 4,
@@ -382,10 +385,14 @@ impl NodeConfig {
                 .and_then(|_| crate::wire::ids::validate_db_id(&d.db))
                 .map_err(|e| ConfigError::Invalid(format!("databases: {e}")))?;
         }
-        if self.sync.batch_size == 0 || self.sync.max_in_flight == 0 || self.sync.max_attempts == 0
+        if self.sync.batch_size == 0
+            || self.sync.batch_bytes == 0
+            || self.sync.max_in_flight == 0
+            || self.sync.max_attempts == 0
         {
             return Err(ConfigError::Invalid(
-                "sync.batchSize, sync.maxInFlight and sync.maxAttempts must be at least 1".into(),
+                "sync.batchSize, sync.batchBytes, sync.maxInFlight and sync.maxAttempts must be at least 1"
+                    .into(),
             ));
         }
         if self.identity.signing_key_file.is_some() != self.identity.encryption_key_file.is_some() {

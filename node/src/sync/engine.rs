@@ -12,7 +12,9 @@
 
 use std::collections::HashSet;
 
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::channel::mpsc;
+use futures::stream::{self, StreamExt};
+use futures::SinkExt;
 use serde::{Deserialize, Serialize};
 
 use crate::bloom::BloomTester;
@@ -44,14 +46,18 @@ pub trait Admission: Send + Sync {
 
 #[derive(Debug, Clone, Copy)]
 pub struct SyncOptions {
+    /// Entries per transfer batch (one `getEntries` request)...
     pub batch_size: usize,
+    /// ...and payload bytes per batch, whichever is reached first.
+    pub batch_bytes: u64,
     pub max_in_flight: usize,
 }
 
 impl Default for SyncOptions {
     fn default() -> Self {
         SyncOptions {
-            batch_size: 250,
+            batch_size: 1000,
+            batch_bytes: 4 << 20,
             max_in_flight: 3,
         }
     }
@@ -173,9 +179,12 @@ pub async fn transfer(
     } else {
         None
     };
-    let filters = ScanFilters::default();
-    let mut page: ScanPage = match source
-        .scan_entries_since(state.cursor.as_ref(), MAX_SCAN_PAGE, &filters)
+    let first = match source
+        .scan_entries_since(
+            state.cursor.as_ref(),
+            MAX_SCAN_PAGE,
+            &ScanFilters::default(),
+        )
         .await
     {
         Ok(p) => p,
@@ -184,8 +193,89 @@ pub async fn transfer(
         }
         Err(e) => return Err(e),
     };
+    // The scanner runs ahead of the movers by a bounded number of batches, so that batches keep
+    // flowing across page boundaries instead of the window draining at the end of every page.
+    let (tx, rx) = mpsc::channel(2 * MAX_SCAN_PAGE.div_ceil(options.batch_size.max(1)));
+    let scanner = scan_pages(source, target, first, bloom.as_ref(), options, tx);
+    let movers = async {
+        let mut done = rx
+            .map(|work: Work| async move {
+                let moved = match work.ids.is_empty() {
+                    true => Moved::default(),
+                    false => move_batch(source, target, work.ids, admission).await?,
+                };
+                Ok::<_, StoreError>((moved, work.page_end))
+            })
+            .buffered(options.max_in_flight.max(1));
+        // `buffered` yields in order: when a page's end comes out, every batch before it is stored.
+        while let Some(done) = done.next().await {
+            let (moved, page_end) = done?;
+            report.add(moved);
+            if let Some(PageEnd { cursor, scanned }) = page_end {
+                progress.scanned += scanned;
+                progress.transferred = report.transferred;
+                report.scanned = progress.scanned;
+                if cursor.is_some() {
+                    state.cursor = cursor;
+                }
+                on_page(state, &progress);
+            }
+        }
+        Ok::<_, StoreError>(())
+    };
+    let (scanned, moved) = futures::join!(scanner, movers);
+    // A mover's error first: it is why the scanner stopped early.
+    moved?;
+    report.bloom_false_positives += scanned?;
+    report.lag = source_head
+        .max_receipt_order
+        .saturating_sub(state.position());
+    Ok(report)
+}
+
+/// What the scanner hands to the movers: ids the target lacks, to be moved together, and with a
+/// page's last batch (empty when the target lacks nothing of it) the end of that page.
+struct Work {
+    ids: Vec<String>,
+    page_end: Option<PageEnd>,
+}
+
+/// The end of a scanned page: its cursor may be saved once every batch before it is stored.
+struct PageEnd {
+    cursor: Option<ScanCursor>,
+    scanned: u64,
+}
+
+/// What one moved batch contributes to the report.
+#[derive(Default)]
+struct Moved {
+    count: u64,
+    bytes: u64,
+    rejected: Vec<Rejection>,
+}
+
+impl SyncReport {
+    fn add(&mut self, moved: Moved) {
+        self.transferred += moved.count;
+        self.bytes += moved.bytes;
+        self.rejected.extend(moved.rejected);
+    }
+}
+
+/// Walks the source's pages from `page` on (the next page fetched while this one is checked
+/// against the target) and sends each page's missing ids in batches, then the page's end.
+/// Returns the bloom summary's false positives; stops early when the movers are gone.
+async fn scan_pages(
+    source: &dyn ContentAddressedStore,
+    target: &dyn ContentAddressedStore,
+    mut page: ScanPage,
+    bloom: Option<&BloomTester>,
+    options: SyncOptions,
+    mut tx: mpsc::Sender<Work>,
+) -> Result<u64, StoreError> {
+    let filters = ScanFilters::default();
+    let mut false_positives = 0;
     loop {
-        // Fetch the next page while this one is transferred.
         let next_cursor = page.next_cursor.clone();
         let prefetch = async {
             if page.has_more {
@@ -197,112 +287,132 @@ pub async fn transfer(
                 Ok(None)
             }
         };
-        let ids: Vec<String> = page.entries.iter().map(|m| m.id.clone()).collect();
-        let work = async {
-            let missing = missing_ids(target, &ids, bloom.as_ref(), &mut report).await?;
-            move_entries(source, target, missing, options, admission, &mut report).await
-        };
-        let (next, moved) = futures::join!(prefetch, work);
-        moved?;
-        progress.scanned += ids.len() as u64;
-        progress.transferred = report.transferred;
-        report.scanned = progress.scanned;
-        if page.next_cursor.is_some() {
-            state.cursor = page.next_cursor.clone();
+        let (next, missing) = futures::join!(
+            prefetch,
+            missing(target, &page.entries, bloom, &mut false_positives)
+        );
+        let mut work: Vec<Work> = batches(&missing?, options)
+            .into_iter()
+            .map(|ids| Work {
+                ids,
+                page_end: None,
+            })
+            .collect();
+        if work.is_empty() {
+            work.push(Work {
+                ids: Vec::new(),
+                page_end: None,
+            });
         }
-        on_page(state, &progress);
+        work.last_mut().expect("one at least").page_end = Some(PageEnd {
+            cursor: page.next_cursor.take(),
+            scanned: page.entries.len() as u64,
+        });
+        for item in work {
+            if tx.send(item).await.is_err() {
+                return Ok(false_positives);
+            }
+        }
         match next? {
             Some(p) => page = p,
-            None => break,
+            None => return Ok(false_positives),
         }
     }
-    report.lag = source_head
-        .max_receipt_order
-        .saturating_sub(state.position());
-    Ok(report)
 }
 
-/// Ids of `ids` the target lacks, in order.
-async fn missing_ids(
+/// The entries of `page` the target lacks, in order.
+async fn missing<'a>(
     target: &dyn ContentAddressedStore,
-    ids: &[String],
+    page: &'a [EntryMetadata],
     bloom: Option<&BloomTester>,
-    report: &mut SyncReport,
-) -> Result<Vec<String>, StoreError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let maybe: Vec<String> = match bloom {
-        Some(b) => ids
-            .iter()
-            .filter(|id| b.might_contain(id))
-            .cloned()
-            .collect(),
-        None => ids.to_vec(),
-    };
+    false_positives: &mut u64,
+) -> Result<Vec<&'a EntryMetadata>, StoreError> {
+    let maybe: Vec<String> = page
+        .iter()
+        .filter(|m| bloom.is_none_or(|b| b.might_contain(&m.id)))
+        .map(|m| m.id.clone())
+        .collect();
     let present: HashSet<String> = if maybe.is_empty() {
         HashSet::new()
     } else {
         target.has_entries(&maybe).await?.into_iter().collect()
     };
     if bloom.is_some() {
-        report.bloom_false_positives +=
-            maybe.iter().filter(|id| !present.contains(*id)).count() as u64;
+        *false_positives += maybe.iter().filter(|id| !present.contains(*id)).count() as u64;
     }
-    Ok(ids
-        .iter()
-        .filter(|id| !present.contains(*id))
-        .cloned()
-        .collect())
+    Ok(page.iter().filter(|m| !present.contains(&m.id)).collect())
 }
 
-/// Copies entries in batches, at most `max_in_flight` at once, in order.
+/// Splits entries into transfer batches of at most `batch_size` entries and `batch_bytes` payload
+/// bytes (by their `encryptedSize`; an entry larger than that travels alone), in order, so that
+/// one response stays a bounded size whatever the entries weigh.
+fn batches(entries: &[&EntryMetadata], options: SyncOptions) -> Vec<Vec<String>> {
+    let mut out: Vec<Vec<String>> = Vec::new();
+    let mut bytes = 0u64;
+    for m in entries {
+        let full = out.last().is_none_or(|b| {
+            b.len() >= options.batch_size.max(1)
+                || bytes.saturating_add(m.encrypted_size) > options.batch_bytes
+        });
+        if full {
+            out.push(Vec::new());
+            bytes = 0;
+        }
+        out.last_mut().expect("pushed above").push(m.id.clone());
+        bytes = bytes.saturating_add(m.encrypted_size);
+    }
+    out
+}
+
+/// Copies the batches, at most `max_in_flight` at once.
 async fn move_entries(
     source: &dyn ContentAddressedStore,
     target: &dyn ContentAddressedStore,
-    ids: Vec<String>,
+    batches: Vec<Vec<String>>,
     options: SyncOptions,
     admission: Option<&dyn Admission>,
     report: &mut SyncReport,
 ) -> Result<(), StoreError> {
-    let batches: Vec<Vec<String>> = ids
-        .chunks(options.batch_size.max(1))
-        .map(<[String]>::to_vec)
-        .collect();
-    let results: Vec<(u64, u64, Vec<Rejection>)> = stream::iter(batches)
-        .map(|batch| async move {
-            let entries = source.get_entries(&batch).await?;
-            let (entries, mut rejected) = match admission {
-                Some(a) => a.admit(entries),
-                None => (entries, Vec::new()),
-            };
-            let mut count = entries.len() as u64;
-            let bytes = entries.iter().map(|e| e.encrypted_data.len() as u64).sum();
-            if !entries.is_empty() {
-                let db_id = &source.id().db_id;
-                let pushed: Vec<EntryMetadata> =
-                    entries.iter().map(|e| e.metadata.clone()).collect();
-                let outcome = target.push_entries(entries).await?;
-                count = count.saturating_sub(outcome.rejected.len() as u64);
-                rejected.extend(outcome.rejected);
-                // The target's witness receipts go onto the source's copy (a relay forwarding the
-                // writes it queued while its upstream was away gets the origin's receipts).
-                let receipts = verified_receipts(&pushed, &outcome.receipts, db_id);
-                if !receipts.is_empty() {
-                    source.apply_receipts(&receipts).await?;
-                }
-            }
-            Ok::<_, StoreError>((count, bytes, rejected))
-        })
-        .buffered(options.max_in_flight.max(1))
-        .try_collect()
-        .await?;
-    for (count, bytes, rejected) in results {
-        report.transferred += count;
-        report.bytes += bytes;
-        report.rejected.extend(rejected);
+    let mut moved = stream::iter(batches)
+        .map(|batch| move_batch(source, target, batch, admission))
+        .buffered(options.max_in_flight.max(1));
+    while let Some(batch) = moved.next().await {
+        report.add(batch?);
     }
     Ok(())
+}
+
+/// Copies one batch: fetched from the source, admitted, stored at the target; the target's witness
+/// receipts go onto the source's copy (a relay forwarding the writes it queued while its upstream
+/// was away gets the origin's receipts).
+async fn move_batch(
+    source: &dyn ContentAddressedStore,
+    target: &dyn ContentAddressedStore,
+    ids: Vec<String>,
+    admission: Option<&dyn Admission>,
+) -> Result<Moved, StoreError> {
+    let entries = source.get_entries(&ids).await?;
+    let (entries, mut rejected) = match admission {
+        Some(a) => a.admit(entries),
+        None => (entries, Vec::new()),
+    };
+    let mut count = entries.len() as u64;
+    let bytes = entries.iter().map(|e| e.encrypted_data.len() as u64).sum();
+    if !entries.is_empty() {
+        let pushed: Vec<EntryMetadata> = entries.iter().map(|e| e.metadata.clone()).collect();
+        let outcome = target.push_entries(entries).await?;
+        count = count.saturating_sub(outcome.rejected.len() as u64);
+        rejected.extend(outcome.rejected);
+        let receipts = verified_receipts(&pushed, &outcome.receipts, &source.id().db_id);
+        if !receipts.is_empty() {
+            source.apply_receipts(&receipts).await?;
+        }
+    }
+    Ok(Moved {
+        count,
+        bytes,
+        rejected,
+    })
 }
 
 /// The records of `pushed` with the witness receipts of `receipts` copied on, for every receipt
@@ -334,13 +444,13 @@ async fn baseline(
 ) -> Result<SyncReport, StoreError> {
     let have = target.get_all_ids().await?;
     let new = source.find_new_entries(&have).await?;
-    let ids: Vec<String> = new.into_iter().map(|m| m.id).collect();
     let mut report = SyncReport {
         full_scan: true,
-        scanned: ids.len() as u64,
+        scanned: new.len() as u64,
         ..SyncReport::default()
     };
-    move_entries(source, target, ids, options, admission, &mut report).await?;
+    let batches = batches(&new.iter().collect::<Vec<_>>(), options);
+    move_entries(source, target, batches, options, admission, &mut report).await?;
     on_page(
         &SyncState::default(),
         &Progress {
@@ -414,6 +524,40 @@ mod tests {
         assert_eq!(taken[1].doc_id, "doc");
     }
 
+    #[test]
+    fn batches_are_bounded_by_count_and_by_bytes() {
+        let sized = |id: &str, size: u64| {
+            let mut m = entry(id, "doc", &[], "doc_change", b"x").metadata;
+            m.encrypted_size = size;
+            m
+        };
+        let options = SyncOptions {
+            batch_size: 3,
+            batch_bytes: 100,
+            max_in_flight: 1,
+        };
+        let ids = |b: Vec<Vec<String>>| b.into_iter().map(|b| b.join(",")).collect::<Vec<_>>();
+        let small: Vec<EntryMetadata> = (0..7).map(|i| sized(&format!("s{i}"), 10)).collect();
+        assert_eq!(
+            ids(batches(&small.iter().collect::<Vec<_>>(), options)),
+            ["s0,s1,s2", "s3,s4,s5", "s6"]
+        );
+        // 40 + 40 fit, a third 40 would pass 100; an entry over the budget travels alone.
+        let mixed = [
+            sized("a", 40),
+            sized("b", 40),
+            sized("c", 40),
+            sized("big", 500),
+            sized("d", 60),
+            sized("e", 40),
+        ];
+        assert_eq!(
+            ids(batches(&mixed.iter().collect::<Vec<_>>(), options)),
+            ["a,b", "c", "big", "d,e"]
+        );
+        assert!(batches(&[], options).is_empty());
+    }
+
     fn entries(prefix: &str, n: usize) -> Vec<Entry> {
         (0..n)
             .map(|i| {
@@ -472,6 +616,100 @@ mod tests {
         let more = pass(&a, &b, &mut state).await;
         assert!(!more.full_scan && !more.idle);
         assert_eq!((more.scanned, more.transferred), (5, 5));
+    }
+
+    /// A source whose `get_entries` fails for any batch naming `poisoned` (an upstream going away
+    /// mid-pass); everything else is the inner store.
+    struct FailingSource {
+        inner: MemoryStore,
+        poisoned: String,
+    }
+
+    #[async_trait::async_trait]
+    impl ContentAddressedStore for FailingSource {
+        fn id(&self) -> &StoreId {
+            self.inner.id()
+        }
+        async fn put_entries(&self, e: Vec<Entry>) -> Result<crate::store::PutSummary, StoreError> {
+            self.inner.put_entries(e).await
+        }
+        async fn get_entries(&self, ids: &[String]) -> Result<Vec<Entry>, StoreError> {
+            if ids.contains(&self.poisoned) {
+                return Err(StoreError::Upstream {
+                    upstream: "test".into(),
+                    message: "connection reset".into(),
+                    status: None,
+                    transient: true,
+                });
+            }
+            self.inner.get_entries(ids).await
+        }
+        async fn get_entry_metadata(&self, id: &str) -> Result<Option<EntryMetadata>, StoreError> {
+            self.inner.get_entry_metadata(id).await
+        }
+        async fn has_entries(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+            self.inner.has_entries(ids).await
+        }
+        async fn scan_entries_since(
+            &self,
+            cursor: Option<&ScanCursor>,
+            limit: usize,
+            filters: &ScanFilters,
+        ) -> Result<ScanPage, StoreError> {
+            self.inner.scan_entries_since(cursor, limit, filters).await
+        }
+        async fn get_store_head(&self) -> Result<StoreHead, StoreError> {
+            self.inner.get_store_head().await
+        }
+        async fn compaction_status(&self) -> Result<crate::wire::CompactionStatus, StoreError> {
+            self.inner.compaction_status().await
+        }
+        async fn stats(&self) -> Result<crate::store::StoreStats, StoreError> {
+            self.inner.stats().await
+        }
+        fn subscribe_changes(&self) -> broadcast::Receiver<crate::store::StoreChange> {
+            self.inner.subscribe_changes()
+        }
+        async fn flush(&self) -> Result<(), StoreError> {
+            self.inner.flush().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_leaves_the_cursor_after_the_last_page_stored_completely() {
+        // Pages of 1000; batches of 100 with 3 in flight, so the scanner is well into the second
+        // page (and may have sent the third) when its sixth batch fails.
+        let source = FailingSource {
+            inner: store(),
+            poisoned: "a01550".into(),
+        };
+        source.inner.put_entries(entries("a", 2_500)).await.unwrap();
+        let target = store();
+        let options = SyncOptions {
+            batch_size: 100,
+            ..SyncOptions::default()
+        };
+        let mut state = SyncState::default();
+        let mut saved = Vec::new();
+        let mut hook = |s: &SyncState, _: &Progress| saved.push(s.position());
+        let failed = transfer(&source, &target, &mut state, options, None, &mut hook).await;
+        assert!(failed.is_err());
+        assert_eq!(saved, vec![1_000], "only the first page ended stored");
+        assert_eq!(state.position(), 1_000);
+        let held: HashSet<String> = target.get_all_ids().await.unwrap().into_iter().collect();
+        let first_page = source
+            .inner
+            .scan_entries_since(None, 1_000, &ScanFilters::default())
+            .await
+            .unwrap();
+        assert!(first_page.entries.iter().all(|m| held.contains(&m.id)));
+
+        // The next pass resumes at the saved cursor and completes.
+        let resumed = pass(&source.inner, &target, &mut state).await;
+        assert!(!resumed.full_scan);
+        assert_eq!(resumed.scanned, 1_500);
+        assert_eq!(target.get_all_ids().await.unwrap().len(), 2_500);
+        assert_eq!(state.position(), 2_500);
     }
 
     #[tokio::test]

@@ -141,6 +141,7 @@ async fn sync_with_link(
     let remote = link.store(id);
     let options = SyncOptions {
         batch_size: state.config.sync.batch_size,
+        batch_bytes: state.config.sync.batch_bytes,
         max_in_flight: state.config.sync.max_in_flight,
     };
     if want.pull {
