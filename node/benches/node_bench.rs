@@ -18,7 +18,7 @@ use common::*;
 use futures::StreamExt;
 use serde_json::json;
 use syncrelay_node::crypto::transport::{AesKey, SessionKey};
-use syncrelay_node::wire::{b64, framing, BinaryFrameMeta};
+use syncrelay_node::wire::{b64, framing, EntryMetadata};
 
 const BATCH: usize = 1000;
 
@@ -280,8 +280,9 @@ async fn serve(c: &Client, pid: u32, ids: &[String], window: usize) -> Served {
         );
         out.rsa_ops += 1;
         for (meta, payload) in &framed.frames {
-            let meta: BinaryFrameMeta = serde_json::from_slice(meta).unwrap();
-            key.open(&meta.iv.0, payload).unwrap();
+            let (iv, meta) = framing::split_iv(meta).unwrap();
+            let _: EntryMetadata = serde_json::from_slice(&meta).unwrap();
+            key.open(&iv, payload).unwrap();
             out.served += 1;
         }
     }

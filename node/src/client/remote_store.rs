@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use crate::crypto::transport::{hybrid_decrypt, AesKey, SessionKey};
 use crate::store::{
-    ContentAddressedStore, PushOutcome, PutSummary, StoreChange, StoreError, StoreStats,
+    ContentAddressedStore, PushOutcome, PutSummary, RawEntry, StoreChange, StoreError, StoreStats,
 };
 use crate::wire::*;
 
@@ -162,6 +162,21 @@ impl RemoteStore {
         })
     }
 
+    /// One `getEntriesBinary` request; the response body.
+    async fn post_binary(&self, ids: &[String]) -> Result<Bytes, StoreError> {
+        let request = IdsRequest {
+            db_id: Some(self.id.db_id.clone()),
+            ids: ids.to_vec(),
+            session_key_wrap: None,
+        };
+        let body = Bytes::from(serde_json::to_vec(&request).expect("serialises"));
+        let response = self
+            .session
+            .post_bytes(self.id.kind, "getEntriesBinary", "application/json", body)
+            .await?;
+        Ok(response.body)
+    }
+
     async fn get_batch(&self, ids: &[String]) -> Result<Vec<Entry>, StoreError> {
         let caps = self.capabilities().await?.clone();
         let request = IdsRequest {
@@ -172,12 +187,8 @@ impl RemoteStore {
         };
         let session = self.session.clone();
         if caps.supports_binary_entries {
-            let body = Bytes::from(serde_json::to_vec(&request).expect("serialises"));
-            let response = self
-                .session
-                .post_bytes(self.id.kind, "getEntriesBinary", "application/json", body)
-                .await?;
-            return blocking(move || decode_binary(&session, &response.body)).await;
+            let body = self.post_binary(ids).await?;
+            return blocking(move || decode_binary(&session, &body, parse_frame)).await;
         }
         if caps.supports_session_key_wrap {
             let r: SessionEntriesResponse = self
@@ -217,8 +228,13 @@ fn transport_error(session: &RemoteSession, e: impl std::fmt::Display) -> StoreE
     }
 }
 
-/// Decrypts a `getEntriesBinary` body: one RSA operation for the session key, then AES per frame.
-fn decode_binary(session: &RemoteSession, body: &[u8]) -> Result<Vec<Entry>, StoreError> {
+/// Decrypts a `getEntriesBinary` body: one RSA operation for the session key, then per frame the
+/// IV split off the metadata, AES to open the payload and `finish` to build the result.
+fn decode_binary<T: Send>(
+    session: &RemoteSession,
+    body: &[u8],
+    finish: fn(Vec<u8>, Vec<u8>) -> Result<T, serde_json::Error>,
+) -> Result<Vec<T>, StoreError> {
     let framed = framing::decode(body).map_err(|e| transport_error(session, e))?;
     let header: BinaryGetHeader =
         serde_json::from_slice(framed.header).map_err(|e| transport_error(session, e))?;
@@ -233,17 +249,29 @@ fn decode_binary(session: &RemoteSession, body: &[u8]) -> Result<Vec<Entry>, Sto
         .frames
         .par_iter()
         .map(|(meta, sealed)| {
-            let frame: BinaryFrameMeta =
-                serde_json::from_slice(meta).map_err(|e| transport_error(session, e))?;
+            let (iv, metadata) =
+                framing::split_iv(meta).map_err(|e| transport_error(session, e))?;
             let data = key
-                .open(&frame.iv.0, sealed)
+                .open(&iv, sealed)
                 .map_err(|e| transport_error(session, e))?;
-            Ok(Entry {
-                metadata: frame.metadata,
-                encrypted_data: data,
-            })
+            finish(metadata, data).map_err(|e| transport_error(session, e))
         })
         .collect()
+}
+
+fn parse_frame(metadata: Vec<u8>, data: Vec<u8>) -> Result<Entry, serde_json::Error> {
+    Ok(Entry {
+        metadata: serde_json::from_slice(&metadata)?,
+        encrypted_data: data,
+    })
+}
+
+/// The metadata stays as the upstream serialised it (whoever serves or stores it parses it).
+fn raw_frame(metadata: Vec<u8>, data: Vec<u8>) -> Result<RawEntry, serde_json::Error> {
+    Ok(RawEntry {
+        metadata_json: metadata.into(),
+        encrypted_data: data.into(),
+    })
 }
 
 fn decode_session(
@@ -353,6 +381,21 @@ impl ContentAddressedStore for RemoteStore {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(GET_BATCH) {
             out.extend(self.get_batch(chunk).await?);
+        }
+        Ok(out)
+    }
+
+    /// With binary entries the upstream's metadata JSON is passed on unparsed; otherwise as parsed.
+    async fn get_entries_raw(&self, ids: &[String]) -> Result<Vec<RawEntry>, StoreError> {
+        if !self.capabilities().await?.supports_binary_entries {
+            let entries = self.get_entries(ids).await?;
+            return Ok(entries.into_iter().map(RawEntry::from_entry).collect());
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(GET_BATCH) {
+            let body = self.post_binary(chunk).await?;
+            let session = self.session.clone();
+            out.extend(blocking(move || decode_binary(&session, &body, raw_frame)).await?);
         }
         Ok(out)
     }

@@ -206,8 +206,8 @@ mod tests {
         for ((meta, payload), expected) in
             framed.frames.iter().zip(bin["frames"].as_array().unwrap())
         {
-            let meta: crate::wire::BinaryFrameMeta = serde_json::from_slice(meta).unwrap();
-            let plain = aes_decrypt(&key, &meta.iv.0, payload).unwrap();
+            let (iv, _) = crate::wire::framing::split_iv(meta).unwrap();
+            let plain = aes_decrypt(&key, &iv, payload).unwrap();
             assert_eq!(
                 b64::encode(&plain),
                 expected["decryptsToEncryptedDataBase64"].as_str().unwrap()

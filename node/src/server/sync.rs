@@ -406,11 +406,7 @@ fn wrap_binary(reader: &Principal, entries: Vec<RawEntry>) -> Result<Response, A
         .into_par_iter()
         .map(|e| {
             let (iv, sealed) = session_key.seal(&e.encrypted_data);
-            let mut meta = Vec::with_capacity(e.metadata_json.len() + 32);
-            meta.extend_from_slice(b"{\"iv\":\"");
-            meta.extend_from_slice(b64::encode(&iv).as_bytes());
-            meta.extend_from_slice(b"\",");
-            meta.extend_from_slice(&e.metadata_json[1..]);
+            let meta = framing::with_iv(&iv, &e.metadata_json);
             (meta, sealed)
         })
         .collect();

@@ -3,11 +3,15 @@
 //! cached entry never goes stale; metadata queries that depend on the upstream's state (head, scan,
 //! bloom, has) are forwarded so that they stay consistent with it.
 //!
+//! Entries are kept as the upstream serialised them ([`RawEntry`]: metadata JSON and payload in
+//! shared buffers): a binary response is served from them without parsing or copying; only the id
+//! and content hash are read when an entry comes in, and the payload is checked against that hash.
+//!
 //! Misses are filled from the upstream with concurrent misses for the same ids collapsed: the first
 //! request claims the ids it misses and fetches them in one upstream call; a request that misses an
 //! id already being fetched waits for that fetch instead of asking again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -16,35 +20,38 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use lru::LruCache;
 use tokio::sync::broadcast;
 
-use super::{ContentAddressedStore, PushOutcome, PutSummary, StoreChange, StoreError, StoreStats};
+use super::{
+    ContentAddressedStore, PushOutcome, PutSummary, RawEntry, StoreChange, StoreError, StoreStats,
+};
 use crate::bloom::BloomSummary;
 use crate::client::RemoteStore;
 use crate::metrics::Metrics;
 use crate::status::CacheStatus;
 use crate::wire::{
-    CompactionStatus, Entry, EntryMetadata, ResolveOptions, ScanCursor, ScanFilters, ScanPage,
-    StoreHead, StoreId,
+    CompactionStatus, Entry, EntryMetadata, RecordKeys, ResolveOptions, ScanCursor, ScanFilters,
+    ScanPage, StoreHead, StoreId,
 };
 
-type Key = (StoreId, String);
-type Fetched = Result<Arc<HashMap<String, Arc<Entry>>>, Arc<String>>;
+/// (store number within the cache, entry id).
+type Key = (u32, String);
+type Fetched = Result<Arc<HashMap<String, RawEntry>>, Arc<String>>;
 type Flight = Shared<BoxFuture<'static, Fetched>>;
 
-/// Approximate resident cost of a cached entry: payload, metadata strings, bookkeeping.
-fn cost(e: &Entry) -> u64 {
-    let m = &e.metadata;
-    (e.encrypted_data.len()
-        + m.created_by_public_key.len()
-        + m.received_by_public_key.as_ref().map_or(0, String::len)
-        + m.id.len() * 3
-        + m.doc_id.len()
-        + m.signature.0.len()
-        + m.metadata_signature.as_ref().map_or(0, |s| s.0.len())
-        + 512) as u64
+/// Approximate resident cost of a cached entry: its buffers, key and bookkeeping.
+fn cost(id: &str, e: &RawEntry) -> u64 {
+    (e.metadata_json.len() + e.encrypted_data.len() + id.len() * 2 + 160) as u64
+}
+
+/// The id of an entry from upstream whose payload matches its contentHash; `None` for anything
+/// else (it is neither cached nor served).
+fn vouched_id(e: &RawEntry) -> Option<String> {
+    let keys: RecordKeys<'_> = serde_json::from_slice(&e.metadata_json).ok()?;
+    (crate::wire::content_hash(&e.encrypted_data) == keys.content_hash)
+        .then(|| keys.id.into_owned())
 }
 
 struct Slots {
-    lru: LruCache<Key, Arc<Entry>>,
+    lru: LruCache<Key, RawEntry>,
     bytes: u64,
 }
 
@@ -52,6 +59,8 @@ pub struct EdgeCache {
     max_bytes: u64,
     slots: Mutex<Slots>,
     in_flight: Mutex<HashMap<Key, Flight>>,
+    /// Each store's number, so that keys need no copy of the store id.
+    stores: Mutex<HashMap<StoreId, u32>>,
     hits: AtomicU64,
     misses: AtomicU64,
     evictions: AtomicU64,
@@ -72,6 +81,7 @@ impl EdgeCache {
                 bytes: 0,
             }),
             in_flight: Mutex::new(HashMap::new()),
+            stores: Mutex::new(HashMap::new()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -80,29 +90,34 @@ impl EdgeCache {
         }
     }
 
-    fn get(&self, key: &Key) -> Option<Arc<Entry>> {
+    fn store_number(&self, store: &StoreId) -> u32 {
+        let mut stores = self.stores.lock().expect("stores");
+        let next = stores.len() as u32;
+        *stores.entry(store.clone()).or_insert(next)
+    }
+
+    fn get(&self, key: &Key) -> Option<RawEntry> {
         self.slots.lock().expect("cache").lru.get(key).cloned()
     }
 
     /// Inserts, evicting least recently used entries beyond the byte limit. An entry larger than
     /// the whole cache is not kept.
-    pub fn insert(&self, store: &StoreId, entry: Arc<Entry>) {
-        let c = cost(&entry);
+    fn insert(&self, store: u32, id: String, entry: RawEntry) {
+        let c = cost(&id, &entry);
         if c > self.max_bytes {
             return;
         }
         let mut slots = self.slots.lock().expect("cache");
-        let key = (store.clone(), entry.metadata.id.clone());
-        if let Some(old) = slots.lru.put(key, entry) {
-            slots.bytes -= cost(&old);
+        if let Some(old) = slots.lru.put((store, id.clone()), entry) {
+            slots.bytes -= cost(&id, &old);
         }
         slots.bytes += c;
         let mut evicted = 0;
         while slots.bytes > self.max_bytes {
-            let Some((_, old)) = slots.lru.pop_lru() else {
+            let Some(((_, old_id), old)) = slots.lru.pop_lru() else {
                 break;
             };
-            slots.bytes -= cost(&old);
+            slots.bytes -= cost(&old_id, &old);
             evicted += 1;
         }
         let bytes = slots.bytes;
@@ -155,22 +170,28 @@ impl EdgeCache {
 pub struct CachedStore {
     remote: Arc<RemoteStore>,
     cache: Arc<EdgeCache>,
+    store: u32,
 }
 
 impl CachedStore {
     pub fn new(remote: Arc<RemoteStore>, cache: Arc<EdgeCache>) -> Self {
-        CachedStore { remote, cache }
+        let store = cache.store_number(remote.id());
+        CachedStore {
+            remote,
+            cache,
+            store,
+        }
     }
 
     /// Claims the ids nobody fetches yet (one new flight for all of them) and returns the flights
     /// to wait for.
     fn flights_for(&self, missing: Vec<String>) -> Vec<Flight> {
-        let store = self.remote.id().clone();
+        let store = self.store;
         let mut in_flight = self.cache.in_flight.lock().expect("in flight");
         let mut flights: Vec<Flight> = Vec::new();
         let mut unclaimed = Vec::new();
         for id in missing {
-            let key = (store.clone(), id);
+            let key = (store, id);
             match in_flight.get(&key) {
                 Some(f) => {
                     if !flights.iter().any(|g| g.ptr_eq(f)) {
@@ -186,40 +207,111 @@ impl CachedStore {
             let remote = self.remote.clone();
             let cache = self.cache.clone();
             let ids = unclaimed.clone();
-            let flight_store = store.clone();
             let fetch = async move {
                 cache.upstream_fetches.fetch_add(1, Ordering::Relaxed);
-                let result = remote.get_entries(&ids).await;
+                let result = match remote.get_entries_raw(&ids).await {
+                    // Hashing the payloads is CPU work: off the async workers.
+                    Ok(entries) => crate::cpu::run(move || {
+                        entries
+                            .into_iter()
+                            .filter_map(|e| Some((vouched_id(&e)?, e)))
+                            .collect::<Vec<_>>()
+                    })
+                    .await
+                    .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
                 let mut map = HashMap::new();
                 if let Ok(entries) = &result {
-                    for e in entries {
-                        // Only what the upstream vouches for under the requested id is kept.
-                        if crate::store::check_payload(e).is_ok() {
-                            let e = Arc::new(e.clone());
-                            cache.insert(&flight_store, e.clone());
-                            map.insert(e.metadata.id.clone(), e);
-                        }
+                    for (id, e) in entries {
+                        cache.insert(store, id.clone(), e.clone());
+                        map.insert(id.clone(), e.clone());
                     }
                 }
                 // Released only after the cache holds the entries, so that a request arriving now
                 // finds them in one place or the other.
                 let mut in_flight = cache.in_flight.lock().expect("in flight");
-                for id in &ids {
-                    in_flight.remove(&(flight_store.clone(), id.clone()));
+                for id in ids {
+                    in_flight.remove(&(store, id));
                 }
                 drop(in_flight);
-                result.map_err(|e| Arc::new(e.to_string()))?;
+                result.map_err(Arc::new)?;
                 Ok(Arc::new(map))
             }
             .boxed()
             .shared();
             for id in unclaimed {
-                in_flight.insert((store.clone(), id), fetch.clone());
+                in_flight.insert((store, id), fetch.clone());
             }
             flights.push(fetch);
         }
         flights
     }
+
+    /// The cached or fetched entries of `ids`, in request order; ids the upstream does not hold
+    /// (or did not vouch for) are skipped.
+    async fn lookup(&self, ids: &[String]) -> Result<Vec<RawEntry>, StoreError> {
+        let mut found: HashMap<&str, RawEntry> = HashMap::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        let mut asked = HashSet::with_capacity(ids.len());
+        {
+            let mut slots = self.cache.slots.lock().expect("cache");
+            for id in ids {
+                if !asked.insert(id.as_str()) {
+                    continue;
+                }
+                match slots.lru.get(&(self.store, id.clone())) {
+                    Some(e) => {
+                        found.insert(id, e.clone());
+                    }
+                    None => missing.push(id.clone()),
+                }
+            }
+        }
+        self.cache.count(found.len() as u64, missing.len() as u64);
+        if !missing.is_empty() {
+            for flight in self.flights_for(missing) {
+                let fetched = flight.await.map_err(|message| StoreError::Upstream {
+                    upstream: self.remote.session().upstream().to_string(),
+                    message: message.to_string(),
+                    status: None,
+                    transient: true,
+                })?;
+                for id in ids {
+                    if let Some(e) = fetched.get(id) {
+                        found.entry(id).or_insert_with(|| e.clone());
+                    }
+                }
+            }
+            // Ids another request's flight delivered just before ours were claimed.
+            for id in ids {
+                if !found.contains_key(id.as_str()) {
+                    if let Some(e) = self.cache.get(&(self.store, id.clone())) {
+                        found.insert(id, e);
+                    }
+                }
+            }
+        }
+        Ok(ids
+            .iter()
+            .filter_map(|id| found.get(id.as_str()).cloned())
+            .collect())
+    }
+}
+
+/// Parsed entries of cached records; a record whose metadata does not parse is left out (the
+/// upstream vouched only for its id and payload).
+fn parse_all(entries: Vec<RawEntry>) -> Vec<Entry> {
+    entries
+        .iter()
+        .filter_map(|e| match e.parse() {
+            Ok(entry) => Some(entry),
+            Err(error) => {
+                tracing::warn!(%error, "upstream entry metadata does not parse; not served");
+                None
+            }
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -253,7 +345,8 @@ impl ContentAddressedStore for CachedStore {
                     encrypted_data: data.clone(),
                 };
                 if crate::store::check_payload(&entry).is_ok() {
-                    self.cache.insert(self.remote.id(), Arc::new(entry));
+                    self.cache
+                        .insert(self.store, receipt.id.clone(), RawEntry::from_entry(entry));
                 }
             }
         }
@@ -261,51 +354,23 @@ impl ContentAddressedStore for CachedStore {
     }
 
     async fn get_entries(&self, ids: &[String]) -> Result<Vec<Entry>, StoreError> {
-        let store = self.remote.id().clone();
-        let mut found: HashMap<String, Arc<Entry>> = HashMap::new();
-        let mut missing = Vec::new();
-        for id in ids {
-            match self.cache.get(&(store.clone(), id.clone())) {
-                Some(e) => {
-                    found.insert(id.clone(), e);
-                }
-                None if !missing.contains(id) => missing.push(id.clone()),
-                None => {}
-            }
-        }
-        self.cache.count(found.len() as u64, missing.len() as u64);
-        if !missing.is_empty() {
-            for flight in self.flights_for(missing.clone()) {
-                let fetched = flight.await.map_err(|message| StoreError::Upstream {
-                    upstream: self.remote.session().upstream().to_string(),
-                    message: message.to_string(),
-                    status: None,
-                    transient: true,
-                })?;
-                for (id, e) in fetched.iter() {
-                    found.entry(id.clone()).or_insert_with(|| e.clone());
-                }
-            }
-            // Ids another request's flight delivered just before ours were claimed.
-            for id in missing {
-                if let std::collections::hash_map::Entry::Vacant(slot) = found.entry(id) {
-                    if let Some(e) = self.cache.get(&(store.clone(), slot.key().clone())) {
-                        slot.insert(e);
-                    }
-                }
-            }
-        }
-        Ok(ids
-            .iter()
-            .filter_map(|id| found.get(id).map(|e| (**e).clone()))
-            .collect())
+        let raw = self.lookup(ids).await?;
+        crate::cpu::run(move || parse_all(raw))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))
+    }
+
+    async fn get_entries_raw(&self, ids: &[String]) -> Result<Vec<RawEntry>, StoreError> {
+        self.lookup(ids).await
     }
 
     async fn get_entry_metadata(&self, id: &str) -> Result<Option<EntryMetadata>, StoreError> {
-        if let Some(e) = self.cache.get(&(self.remote.id().clone(), id.to_string())) {
-            let mut m = e.metadata.clone();
-            m.receipt_order = None;
-            return Ok(Some(m));
+        if let Some(e) = self.cache.get(&(self.store, id.to_string())) {
+            if let Some(entry) = parse_all(vec![e]).pop() {
+                let mut m = entry.metadata;
+                m.receipt_order = None;
+                return Ok(Some(m));
+            }
         }
         self.remote.get_entry_metadata(id).await
     }
@@ -371,7 +436,7 @@ impl ContentAddressedStore for CachedStore {
 mod tests {
     use super::*;
 
-    fn entry(id: &str, size: usize) -> Arc<Entry> {
+    fn entry(id: &str, size: usize) -> Entry {
         let data = vec![1u8; size];
         let mut m: EntryMetadata = serde_json::from_value(serde_json::json!({
             "entryType": "doc_change", "id": id, "contentHash": "", "docId": "d",
@@ -381,32 +446,64 @@ mod tests {
         }))
         .unwrap();
         m.content_hash = crate::wire::content_hash(&data);
-        Arc::new(Entry {
+        Entry {
             metadata: m,
             encrypted_data: data,
-        })
+        }
+    }
+
+    fn raw(id: &str, size: usize) -> RawEntry {
+        RawEntry::from_entry(entry(id, size))
     }
 
     #[test]
     fn evicts_least_recently_used_beyond_the_byte_limit() {
-        let store = StoreId::new("t", "db", crate::wire::StoreKind::Docs).unwrap();
-        let one = cost(&entry("a", 10_000));
+        let one = cost("a", &raw("a", 10_000));
         let cache = EdgeCache::new(one * 3, Arc::new(Metrics::new()));
+        let store =
+            cache.store_number(&StoreId::new("t", "db", crate::wire::StoreKind::Docs).unwrap());
         for id in ["a", "b", "c"] {
-            cache.insert(&store, entry(id, 10_000));
+            cache.insert(store, id.into(), raw(id, 10_000));
         }
-        assert!(cache.get(&(store.clone(), "a".into())).is_some()); // a is now most recent
-        cache.insert(&store, entry("d", 10_000));
+        assert!(cache.get(&(store, "a".into())).is_some()); // a is now most recent
+        cache.insert(store, "d".into(), raw("d", 10_000));
         assert!(
-            cache.get(&(store.clone(), "b".into())).is_none(),
+            cache.get(&(store, "b".into())).is_none(),
             "b was least recent"
         );
-        assert!(cache.get(&(store.clone(), "a".into())).is_some());
+        assert!(cache.get(&(store, "a".into())).is_some());
         let status = cache.status();
         assert_eq!((status.entries, status.evictions), (3, 1));
         assert!(status.bytes <= status.max_bytes);
         // Larger than the whole cache: not kept, nothing evicted for it.
-        cache.insert(&store, entry("huge", 1_000_000));
+        cache.insert(store, "huge".into(), raw("huge", 1_000_000));
         assert_eq!(cache.status().entries, 3);
+    }
+
+    #[test]
+    fn stores_are_numbered_once_and_apart() {
+        let cache = EdgeCache::new(1 << 20, Arc::new(Metrics::new()));
+        let a = StoreId::new("t", "a", crate::wire::StoreKind::Docs).unwrap();
+        let b = StoreId::new("t", "b", crate::wire::StoreKind::Docs).unwrap();
+        let (na, nb) = (cache.store_number(&a), cache.store_number(&b));
+        assert_ne!(na, nb);
+        assert_eq!(cache.store_number(&a), na);
+        cache.insert(na, "x".into(), raw("x", 10));
+        assert!(
+            cache.get(&(nb, "x".into())).is_none(),
+            "one store's entry is not another's"
+        );
+    }
+
+    #[test]
+    fn only_entries_whose_payload_matches_their_hash_are_vouched_for() {
+        let good = raw("a", 100);
+        assert_eq!(vouched_id(&good).as_deref(), Some("a"));
+        let mut tampered = good.clone();
+        tampered.encrypted_data = bytes::Bytes::from(vec![2u8; 100]);
+        assert_eq!(vouched_id(&tampered), None);
+        let mut garbage = good;
+        garbage.metadata_json = bytes::Bytes::from_static(b"{\"id\":\"a\"}");
+        assert_eq!(vouched_id(&garbage), None);
     }
 }

@@ -20,6 +20,7 @@ pub mod sled_store;
 use std::collections::{HashSet, VecDeque};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tokio::sync::broadcast;
 
 use crate::bloom::{self, BloomSummary};
@@ -98,11 +99,30 @@ pub struct StoreChange {
     pub head: StoreHead,
 }
 
-/// An entry whose metadata is still serialised: a JSON object with the wire fields.
+/// An entry whose metadata is still serialised: a JSON object with the wire fields. Both parts are
+/// shared buffers, so that a cache serves one copy to every reader.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawEntry {
-    pub metadata_json: Vec<u8>,
-    pub encrypted_data: Vec<u8>,
+    pub metadata_json: Bytes,
+    pub encrypted_data: Bytes,
+}
+
+impl RawEntry {
+    pub fn from_entry(entry: Entry) -> Self {
+        RawEntry {
+            metadata_json: serde_json::to_vec(&entry.metadata)
+                .expect("metadata serialises")
+                .into(),
+            encrypted_data: entry.encrypted_data.into(),
+        }
+    }
+
+    pub fn parse(&self) -> Result<Entry, serde_json::Error> {
+        Ok(Entry {
+            metadata: serde_json::from_slice(&self.metadata_json)?,
+            encrypted_data: self.encrypted_data.to_vec(),
+        })
+    }
 }
 
 /// Size figures for metrics.
@@ -130,10 +150,7 @@ pub trait ContentAddressedStore: Send + Sync {
             .get_entries(ids)
             .await?
             .into_iter()
-            .map(|e| RawEntry {
-                metadata_json: serde_json::to_vec(&e.metadata).expect("metadata serialises"),
-                encrypted_data: e.encrypted_data,
-            })
+            .map(RawEntry::from_entry)
             .collect())
     }
 

@@ -231,21 +231,16 @@ impl Reader {
     /// The stored record as wire JSON: the receiptOrder prefix is spliced in as the first field,
     /// the rest is the stored bytes; only the contentHash is parsed, to find the payload.
     fn raw_entry(&self, id: &str) -> Result<Option<RawEntry>, StoreError> {
-        #[derive(serde::Deserialize)]
-        struct Hash<'a> {
-            #[serde(rename = "contentHash", borrow)]
-            content_hash: std::borrow::Cow<'a, str>,
-        }
         let Some((ro, raw)) = self.record(id)? else {
             return Ok(None);
         };
-        let hash: Hash<'_> = serde_json::from_slice(&raw[8..])
+        let keys: crate::wire::RecordKeys<'_> = serde_json::from_slice(&raw[8..])
             .map_err(|e| self.corrupt(format!("metadata of {id}: {e}")))?;
         let mut json = format!("{{\"receiptOrder\":{ro},").into_bytes();
         json.extend_from_slice(&raw[9..]);
         Ok(Some(RawEntry {
-            metadata_json: json,
-            encrypted_data: self.payload(id, &hash.content_hash)?,
+            metadata_json: json.into(),
+            encrypted_data: self.payload(id, &keys.content_hash)?.into(),
         }))
     }
 

@@ -11,6 +11,15 @@ use sha2::{Digest, Sha256};
 
 use super::b64::{deserialize_optional_nonempty, B64};
 
+/// The two fields a node needs to file a serialised record, read without copying the rest.
+#[derive(Debug, Deserialize)]
+pub struct RecordKeys<'a> {
+    #[serde(borrow)]
+    pub id: std::borrow::Cow<'a, str>,
+    #[serde(rename = "contentHash", borrow)]
+    pub content_hash: std::borrow::Cow<'a, str>,
+}
+
 /// One element of `attachmentRefs`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -2,6 +2,12 @@
 //!
 //! `u32be headerLen | header JSON | (u32be metaLen | meta JSON | u32be payloadLen | payload)*`.
 //! There is no count: a decoder reads frames until the body ends and refuses truncated lengths.
+//!
+//! A `getEntriesBinary` frame's metadata JSON is the entry's metadata object with the frame's
+//! transport `iv` as one more field: [`with_iv`] writes it, [`split_iv`] takes it out again, both
+//! without parsing the rest of the object, so that a node passes stored or upstream metadata through.
+
+use super::b64;
 
 /// A decoded body: the header JSON bytes and each frame's `(metadata JSON, payload)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +26,8 @@ pub enum FramingError {
         needed: usize,
         available: usize,
     },
+    #[error("frame metadata: {0}")]
+    Metadata(String),
 }
 
 fn take<'a>(body: &'a [u8], pos: &mut usize, len: usize) -> Result<&'a [u8], FramingError> {
@@ -82,6 +90,68 @@ fn push_block(buf: &mut Vec<u8>, block: &[u8]) {
     buf.extend_from_slice(block);
 }
 
+/// `metadata_json` (an object) with `"iv"` spliced in as its first field.
+pub fn with_iv(iv: &[u8], metadata_json: &[u8]) -> Vec<u8> {
+    let iv = b64::encode(iv);
+    let rest = metadata_json.get(1..).unwrap_or_default();
+    let mut out = Vec::with_capacity(metadata_json.len() + iv.len() + 8);
+    out.extend_from_slice(b"{\"iv\":\"");
+    out.extend_from_slice(iv.as_bytes());
+    out.push(b'"');
+    if rest.iter().any(|b| !b.is_ascii_whitespace() && *b != b'}') {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+/// The transport IV of a frame's metadata JSON and the metadata object without it. The IV written
+/// first (as [`with_iv`] does) or last (as the reference server does) is cut out of the text; any
+/// other layout is parsed and re-serialised. The rest is not validated here: whoever reads the
+/// metadata parses it.
+pub fn split_iv(meta: &[u8]) -> Result<(Vec<u8>, Vec<u8>), FramingError> {
+    let iv_text = |text: &[u8]| -> Option<Vec<u8>> {
+        let text = std::str::from_utf8(text).ok()?;
+        b64::decode(text).ok()
+    };
+    const FIRST: &[u8] = b"{\"iv\":\"";
+    if let Some(rest) = meta.strip_prefix(FIRST) {
+        if let Some(end) = rest.iter().position(|&b| b == b'"') {
+            if rest.get(end + 1) == Some(&b',') {
+                if let Some(iv) = iv_text(&rest[..end]) {
+                    let mut object = Vec::with_capacity(rest.len() - end);
+                    object.push(b'{');
+                    object.extend_from_slice(&rest[end + 2..]);
+                    return Ok((iv, object));
+                }
+            }
+        }
+    }
+    const LAST: &[u8] = b",\"iv\":\"";
+    if let Some(body) = meta.strip_suffix(b"\"}") {
+        if let Some(start) = body.windows(LAST.len()).rposition(|w| w == LAST) {
+            let text = &body[start + LAST.len()..];
+            if !text.contains(&b'"') {
+                if let Some(iv) = iv_text(text) {
+                    let mut object = body[..start].to_vec();
+                    object.push(b'}');
+                    return Ok((iv, object));
+                }
+            }
+        }
+    }
+    let mut object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(meta).map_err(|e| FramingError::Metadata(e.to_string()))?;
+    let iv = match object.remove("iv") {
+        Some(serde_json::Value::String(text)) => {
+            b64::decode(&text).map_err(|e| FramingError::Metadata(format!("iv: {e}")))?
+        }
+        _ => return Err(FramingError::Metadata("no iv string".into())),
+    };
+    let object = serde_json::to_vec(&object).expect("a JSON map serialises");
+    Ok((iv, object))
+}
+
 /// Exact encoded size of one frame (used to partition pushes against a body limit).
 pub fn frame_size(meta_len: usize, payload_len: usize) -> usize {
     8 + meta_len + payload_len
@@ -121,6 +191,61 @@ mod tests {
                 writer.push(meta, payload);
             }
             assert_eq!(writer.finish(), body, "{key} re-encodes identically");
+        }
+    }
+
+    #[test]
+    fn the_iv_is_spliced_in_and_split_out_in_every_layout() {
+        let iv = [7u8; 12];
+        let object = br#"{"id":"a","note":"iv \",\"iv\":\"x","n":1}"#;
+        let framed = with_iv(&iv, object);
+        let parsed: serde_json::Value = serde_json::from_slice(&framed).unwrap();
+        assert_eq!(parsed["iv"], b64::encode(&iv));
+        assert_eq!(parsed["id"], "a");
+        assert_eq!(split_iv(&framed).unwrap(), (iv.to_vec(), object.to_vec()));
+        // Last, as the reference server writes it.
+        let last = br#"{"id":"a","n":1,"iv":"BwcHBwcHBwcHBwcH"}"#;
+        let (got, rest) = split_iv(last).unwrap();
+        assert_eq!(
+            (got, rest.as_slice()),
+            (iv.to_vec(), &br#"{"id":"a","n":1}"#[..])
+        );
+        // Anywhere else: parsed.
+        let middle = br#"{"id":"a", "iv" : "BwcHBwcHBwcHBwcH", "n":1}"#;
+        let (got, rest) = split_iv(middle).unwrap();
+        assert_eq!(got, iv.to_vec());
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&rest).unwrap(),
+            serde_json::json!({"id": "a", "n": 1})
+        );
+        // An empty object gets no dangling comma.
+        assert_eq!(split_iv(&with_iv(&iv, b"{}")).unwrap().0, iv.to_vec());
+        assert!(serde_json::from_slice::<serde_json::Value>(&with_iv(&iv, b"{}")).is_ok());
+        for bad in [
+            &br#"{"id":"a"}"#[..],
+            br#"{"id":"a","iv":"-_-_"}"#,
+            br#"{"id":"a","iv":5}"#,
+            b"not json",
+        ] {
+            assert!(split_iv(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn reference_frames_split_into_iv_and_metadata() {
+        let doc = testdata::load("transport.json");
+        let sample = &doc["getEntriesBinary"];
+        for frame in sample["frames"].as_array().unwrap() {
+            let meta = frame["metaJsonText"].as_str().unwrap().as_bytes();
+            let expected: serde_json::Value = serde_json::from_slice(meta).unwrap();
+            let (iv, rest) = split_iv(meta).unwrap();
+            assert_eq!(b64::encode(&iv), expected["iv"].as_str().unwrap());
+            let mut without = expected.clone();
+            without.as_object_mut().unwrap().remove("iv");
+            assert_eq!(
+                serde_json::from_slice::<serde_json::Value>(&rest).unwrap(),
+                without
+            );
         }
     }
 

@@ -9,7 +9,7 @@ pub mod ids;
 
 use serde::{Deserialize, Serialize};
 
-pub use entry::{content_hash, AttachmentRef, Entry, EntryMetadata, WireEntry};
+pub use entry::{content_hash, AttachmentRef, Entry, EntryMetadata, RecordKeys, WireEntry};
 pub use ids::{StoreId, StoreKind};
 
 /// Protocol version this node speaks.
@@ -352,14 +352,6 @@ pub struct ClassicEntriesResponse {
 pub struct SessionEntriesResponse {
     pub wrapped_session_key: b64::B64,
     pub entries: Vec<SessionWrappedEntry>,
-}
-
-/// Frame metadata of `getEntriesBinary`: the metadata plus the frame's IV.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BinaryFrameMeta {
-    #[serde(flatten)]
-    pub metadata: EntryMetadata,
-    pub iv: b64::B64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
