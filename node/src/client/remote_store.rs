@@ -449,6 +449,31 @@ impl ContentAddressedStore for RemoteStore {
             .await
     }
 
+    /// The upstream's page as it sent it, once its shape is checked.
+    async fn scan_entries_since_raw(
+        &self,
+        cursor: Option<&ScanCursor>,
+        limit: usize,
+        filters: &ScanFilters,
+    ) -> Result<Bytes, StoreError> {
+        if !self.capabilities().await?.supports_cursor_scan {
+            return Err(self.unsupported("scanEntriesSince"));
+        }
+        let request = ScanRequest {
+            db_id: Some(self.id.db_id.clone()),
+            cursor: cursor.cloned(),
+            limit: Some(limit.clamp(1, MAX_SCAN_PAGE) as f64),
+            filters: (!filters.is_empty()).then(|| filters.clone()),
+        };
+        let body = Bytes::from(serde_json::to_vec(&request).expect("serialises"));
+        let response = self
+            .session
+            .post_bytes(self.id.kind, "scanEntriesSince", "application/json", body)
+            .await?;
+        let _: ScanPageShape = self.session.decode("scanEntriesSince", &response.body)?;
+        Ok(response.body)
+    }
+
     async fn get_store_head(&self) -> Result<StoreHead, StoreError> {
         if !self.capabilities().await?.supports_store_head {
             return Err(self.unsupported("getStoreHead"));

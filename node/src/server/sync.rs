@@ -291,9 +291,9 @@ pub async fn dispatch(
             let filters = r.filters.unwrap_or_default();
             let page = ctx
                 .store(&db)?
-                .scan_entries_since(r.cursor.as_ref(), clamp_scan_limit(r.limit), &filters)
+                .scan_entries_since_raw(r.cursor.as_ref(), clamp_scan_limit(r.limit), &filters)
                 .await?;
-            Ok(json(&page))
+            Ok(([(header::CONTENT_TYPE, "application/json")], page).into_response())
         }
         "hasEntries" => {
             let r: IdsRequest = parse_json(&body)?;

@@ -388,6 +388,17 @@ impl ContentAddressedStore for CachedStore {
         self.remote.scan_entries_since(cursor, limit, filters).await
     }
 
+    async fn scan_entries_since_raw(
+        &self,
+        cursor: Option<&ScanCursor>,
+        limit: usize,
+        filters: &ScanFilters,
+    ) -> Result<bytes::Bytes, StoreError> {
+        self.remote
+            .scan_entries_since_raw(cursor, limit, filters)
+            .await
+    }
+
     async fn get_store_head(&self) -> Result<StoreHead, StoreError> {
         self.remote.get_store_head().await
     }

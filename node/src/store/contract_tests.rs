@@ -289,6 +289,7 @@ async fn paging_across_batches(store: &dyn ContentAddressedStore) {
         .map(|i| format!("e{i:03}"))
         .collect();
     assert_eq!(doc1, expected);
+    raw_scans_are_the_typed_pages(store).await;
 }
 
 fn receipt_for(id: &str, doc: &str, payload: &[u8], at: i64) -> EntryMetadata {
@@ -415,6 +416,49 @@ async fn receipts_re_anchor(store: &dyn ContentAddressedStore) {
         store.get_all_ids().await.unwrap(),
         vec!["r1", "r3", "r5", "r4", "r2"]
     );
+    raw_scans_are_the_typed_pages(store).await;
+}
+
+/// Every page of `scan_entries_since_raw` is, parsed, the page `scan_entries_since` returns: from
+/// the start, mid-way, past the end, page by page at several sizes, and filtered.
+async fn raw_scans_are_the_typed_pages(store: &dyn ContentAddressedStore) {
+    let unfiltered = ScanFilters::default();
+    let by_type = ScanFilters {
+        entry_types: Some(vec!["doc_create".into()]),
+        ..ScanFilters::default()
+    };
+    for filters in [&unfiltered, &by_type] {
+        for limit in [1, 3, 1000] {
+            let mut cursor: Option<ScanCursor> = None;
+            let mut pages = 0;
+            loop {
+                let typed = store
+                    .scan_entries_since(cursor.as_ref(), limit, filters)
+                    .await
+                    .unwrap();
+                let raw = store
+                    .scan_entries_since_raw(cursor.as_ref(), limit, filters)
+                    .await
+                    .unwrap();
+                let parsed: ScanPage = serde_json::from_slice(&raw).unwrap();
+                assert_eq!(parsed, typed, "limit {limit}, page {pages}, {filters:?}");
+                pages += 1;
+                if !typed.has_more {
+                    // Past the end: the cursor is echoed, nothing more.
+                    let end = store
+                        .scan_entries_since_raw(typed.next_cursor.as_ref(), limit, filters)
+                        .await
+                        .unwrap();
+                    let end: ScanPage = serde_json::from_slice(&end).unwrap();
+                    assert!(end.entries.is_empty() && !end.has_more);
+                    assert_eq!(end.next_cursor, typed.next_cursor);
+                    break;
+                }
+                cursor = typed.next_cursor;
+            }
+            assert!(pages >= 1);
+        }
+    }
 }
 
 #[tokio::test]

@@ -196,6 +196,19 @@ pub trait ContentAddressedStore: Send + Sync {
         filters: &ScanFilters,
     ) -> Result<ScanPage, StoreError>;
 
+    /// [`scan_entries_since`](Self::scan_entries_since) as its wire JSON, for responses that pass
+    /// pages on: a store keeping records serialised, or a remote store, overrides this to skip a
+    /// parse and a re-serialisation per entry.
+    async fn scan_entries_since_raw(
+        &self,
+        cursor: Option<&ScanCursor>,
+        limit: usize,
+        filters: &ScanFilters,
+    ) -> Result<Bytes, StoreError> {
+        let page = self.scan_entries_since(cursor, limit, filters).await?;
+        Ok(serde_json::to_vec(&page).expect("a page serialises").into())
+    }
+
     async fn get_store_head(&self) -> Result<StoreHead, StoreError>;
 
     async fn compaction_status(&self) -> Result<CompactionStatus, StoreError>;

@@ -182,6 +182,14 @@ struct Reader {
     store: Arc<str>,
 }
 
+/// A stored record (prefix ‖ JSON object) as wire JSON: `receiptOrder` spliced in as the first
+/// field, the rest the stored bytes.
+fn wire_json(ro: u64, raw: &[u8]) -> Vec<u8> {
+    let mut json = format!("{{\"receiptOrder\":{ro},").into_bytes();
+    json.extend_from_slice(&raw[9..]);
+    json
+}
+
 impl Reader {
     fn corrupt(&self, detail: String) -> StoreError {
         StoreError::Corrupt {
@@ -236,10 +244,8 @@ impl Reader {
         };
         let keys: crate::wire::RecordKeys<'_> = serde_json::from_slice(&raw[8..])
             .map_err(|e| self.corrupt(format!("metadata of {id}: {e}")))?;
-        let mut json = format!("{{\"receiptOrder\":{ro},").into_bytes();
-        json.extend_from_slice(&raw[9..]);
         Ok(Some(RawEntry {
-            metadata_json: json.into(),
+            metadata_json: wire_json(ro, &raw).into(),
             encrypted_data: self.payload(id, &keys.content_hash)?.into(),
         }))
     }
@@ -663,6 +669,45 @@ impl ContentAddressedStore for SledStore {
             entries.push(meta);
         }
         Ok(super::page(entries, cursor, has_more))
+    }
+
+    /// Unfiltered pages are assembled from the stored records without parsing them.
+    async fn scan_entries_since_raw(
+        &self,
+        cursor: Option<&ScanCursor>,
+        limit: usize,
+        filters: &ScanFilters,
+    ) -> Result<bytes::Bytes, StoreError> {
+        if !filters.is_empty() {
+            let page = self.scan_entries_since(cursor, limit, filters).await?;
+            return Ok(serde_json::to_vec(&page).expect("a page serialises").into());
+        }
+        let _gate = self.reanchor_gate.read().await;
+        let limit = limit.clamp(1, MAX_SCAN_PAGE);
+        let reader = self.reader();
+        let mut records = Vec::new();
+        let mut last = None;
+        let mut has_more = false;
+        for item in self.order_range(cursor) {
+            let (_, id) = item?;
+            let Some((ro, raw)) = reader.record(&id)? else {
+                return Err(self.corrupt(format!("order index names {id} without metadata")));
+            };
+            if records.len() == limit {
+                has_more = true;
+                break;
+            }
+            records.push(wire_json(ro, &raw));
+            last = Some(ScanCursor {
+                receipt_order: ro,
+                id,
+            });
+        }
+        let next = last.or_else(|| cursor.cloned());
+        Ok(
+            crate::wire::scan_page_json(records.iter().map(Vec::as_slice), next.as_ref(), has_more)
+                .into(),
+        )
     }
 
     async fn get_store_head(&self) -> Result<StoreHead, StoreError> {

@@ -236,6 +236,40 @@ pub struct ScanPage {
     pub has_more: bool,
 }
 
+/// The shape of a `scanEntriesSince` answer with its entries left unparsed: enough to check an
+/// upstream's page before passing its bytes on.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScanPageShape {
+    pub entries: Vec<serde::de::IgnoredAny>,
+    pub next_cursor: Option<ScanCursor>,
+    pub has_more: bool,
+}
+
+/// A `scanEntriesSince` answer assembled from entries already serialised (JSON objects): the
+/// document [`ScanPage`] serialises to, without parsing them.
+pub fn scan_page_json<'a>(
+    entries: impl IntoIterator<Item = &'a [u8]>,
+    next_cursor: Option<&ScanCursor>,
+    has_more: bool,
+) -> Vec<u8> {
+    let mut out = b"{\"entries\":[".to_vec();
+    for (i, entry) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(entry);
+    }
+    out.extend_from_slice(b"],\"nextCursor\":");
+    serde_json::to_writer(&mut out, &next_cursor).expect("a cursor serialises");
+    out.extend_from_slice(if has_more {
+        b",\"hasMore\":true}"
+    } else {
+        b",\"hasMore\":false}"
+    });
+    out
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StoreHead {
@@ -438,5 +472,49 @@ mod tests {
         assert_eq!(clamp_scan_limit(Some(3.9)), 3);
         assert_eq!(clamp_scan_limit(Some(9_007_199_254_740_991.0)), 1000);
         assert_eq!(clamp_scan_limit(Some(f64::NAN)), 1000);
+    }
+
+    #[test]
+    fn a_page_assembled_from_serialised_entries_is_the_typed_page() {
+        let doc = crate::testdata::load("transport.json");
+        let frames = doc["getEntriesBinary"]["frames"].as_array().unwrap();
+        let entries: Vec<EntryMetadata> = frames
+            .iter()
+            .map(|f| {
+                let meta = f["metaJsonText"].as_str().unwrap().as_bytes();
+                serde_json::from_slice(&framing::split_iv(meta).unwrap().1).unwrap()
+            })
+            .collect();
+        let serialised: Vec<Vec<u8>> = entries
+            .iter()
+            .map(|m| serde_json::to_vec(m).unwrap())
+            .collect();
+        for (entries, cursor, more) in [
+            (
+                entries.clone(),
+                Some(ScanCursor {
+                    receipt_order: 7,
+                    id: "x".into(),
+                }),
+                true,
+            ),
+            (Vec::new(), None, false),
+        ] {
+            let typed = ScanPage {
+                entries: entries.clone(),
+                next_cursor: cursor.clone(),
+                has_more: more,
+            };
+            let parts = if entries.is_empty() {
+                &serialised[..0]
+            } else {
+                &serialised[..]
+            };
+            let assembled = scan_page_json(parts.iter().map(Vec::as_slice), cursor.as_ref(), more);
+            assert_eq!(assembled, serde_json::to_vec(&typed).unwrap());
+            let shape: ScanPageShape = serde_json::from_slice(&assembled).unwrap();
+            assert_eq!((shape.entries.len(), shape.has_more), (entries.len(), more));
+        }
+        assert!(serde_json::from_slice::<ScanPageShape>(b"{\"entries\":5}").is_err());
     }
 }
