@@ -228,12 +228,16 @@ fn transport_error(session: &RemoteSession, e: impl std::fmt::Display) -> StoreE
     }
 }
 
+/// Builds a decoded frame's result from its metadata JSON (iv removed) and opened payload.
+type FrameFinish<T> = fn(Vec<u8>, Vec<u8>) -> Result<Option<T>, serde_json::Error>;
+
 /// Decrypts a `getEntriesBinary` body: one RSA operation for the session key, then per frame the
-/// IV split off the metadata, AES to open the payload and `finish` to build the result.
+/// IV split off the metadata, AES to open the payload and `finish` to build the result (`None`
+/// leaves the frame out).
 fn decode_binary<T: Send>(
     session: &RemoteSession,
     body: &[u8],
-    finish: fn(Vec<u8>, Vec<u8>) -> Result<T, serde_json::Error>,
+    finish: FrameFinish<T>,
 ) -> Result<Vec<T>, StoreError> {
     let framed = framing::decode(body).map_err(|e| transport_error(session, e))?;
     let header: BinaryGetHeader =
@@ -245,7 +249,7 @@ fn decode_binary<T: Send>(
         )
         .map_err(|e| transport_error(session, e))?,
     );
-    framed
+    let decoded: Vec<Option<T>> = framed
         .frames
         .par_iter()
         .map(|(meta, sealed)| {
@@ -256,22 +260,31 @@ fn decode_binary<T: Send>(
                 .map_err(|e| transport_error(session, e))?;
             finish(metadata, data).map_err(|e| transport_error(session, e))
         })
-        .collect()
+        .collect::<Result<_, StoreError>>()?;
+    Ok(decoded.into_iter().flatten().collect())
 }
 
-fn parse_frame(metadata: Vec<u8>, data: Vec<u8>) -> Result<Entry, serde_json::Error> {
-    Ok(Entry {
+fn parse_frame(metadata: Vec<u8>, data: Vec<u8>) -> Result<Option<Entry>, serde_json::Error> {
+    Ok(Some(Entry {
         metadata: serde_json::from_slice(&metadata)?,
         encrypted_data: data,
-    })
+    }))
 }
 
-/// The metadata stays as the upstream serialised it (whoever serves or stores it parses it).
-fn raw_frame(metadata: Vec<u8>, data: Vec<u8>) -> Result<RawEntry, serde_json::Error> {
-    Ok(RawEntry {
+/// The metadata stays as the upstream serialised it (whoever serves or stores it parses it); only
+/// its id and contentHash are read, and a payload that does not match its hash is left out: raw
+/// entries are passed on without the verification a parsed entry gets at ingest.
+fn raw_frame(metadata: Vec<u8>, data: Vec<u8>) -> Result<Option<RawEntry>, serde_json::Error> {
+    let keys: RecordKeys<'_> = serde_json::from_slice(&metadata)?;
+    if content_hash(&data) != keys.content_hash {
+        tracing::warn!(id = %keys.id, "upstream payload does not match its contentHash; left out");
+        return Ok(None);
+    }
+    Ok(Some(RawEntry {
+        id: keys.id.into_owned(),
         metadata_json: metadata.into(),
         encrypted_data: data.into(),
-    })
+    }))
 }
 
 fn decode_session(
@@ -602,6 +615,26 @@ mod tests {
             },
             encrypted_data: data,
         }
+    }
+
+    #[test]
+    fn raw_frames_carry_their_id_and_only_payloads_matching_their_hash() {
+        let good = entry("a", 100);
+        let json = serde_json::to_vec(&good.metadata).unwrap();
+        let raw = raw_frame(json.clone(), good.encrypted_data.clone())
+            .unwrap()
+            .unwrap();
+        assert_eq!(raw.id, "a");
+        assert_eq!(raw.metadata_json.as_ref(), json.as_slice());
+        assert_eq!(raw.encrypted_data.as_ref(), good.encrypted_data.as_slice());
+        assert!(
+            raw_frame(json, vec![8u8; 100]).unwrap().is_none(),
+            "tampered payload"
+        );
+        assert!(
+            raw_frame(b"{\"id\":\"a\"}".to_vec(), vec![]).is_err(),
+            "no contentHash"
+        );
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! bloom, has) are forwarded so that they stay consistent with it.
 //!
 //! Entries are kept as the upstream serialised them ([`RawEntry`]: metadata JSON and payload in
-//! shared buffers): a binary response is served from them without parsing or copying; only the id
-//! and content hash are read when an entry comes in, and the payload is checked against that hash.
+//! shared buffers): a binary response is served from them without parsing or copying. The remote
+//! store reads only each entry's id and content hash and hands on only payloads matching it.
 //!
 //! Misses are filled from the upstream with concurrent misses for the same ids collapsed: the first
 //! request claims the ids it misses and fetches them in one upstream call; a request that misses an
@@ -28,8 +28,8 @@ use crate::client::RemoteStore;
 use crate::metrics::Metrics;
 use crate::status::CacheStatus;
 use crate::wire::{
-    CompactionStatus, Entry, EntryMetadata, RecordKeys, ResolveOptions, ScanCursor, ScanFilters,
-    ScanPage, StoreHead, StoreId,
+    CompactionStatus, Entry, EntryMetadata, ResolveOptions, ScanCursor, ScanFilters, ScanPage,
+    StoreHead, StoreId,
 };
 
 /// (store number within the cache, entry id).
@@ -38,16 +38,8 @@ type Fetched = Result<Arc<HashMap<String, RawEntry>>, Arc<String>>;
 type Flight = Shared<BoxFuture<'static, Fetched>>;
 
 /// Approximate resident cost of a cached entry: its buffers, key and bookkeeping.
-fn cost(id: &str, e: &RawEntry) -> u64 {
-    (e.metadata_json.len() + e.encrypted_data.len() + id.len() * 2 + 160) as u64
-}
-
-/// The id of an entry from upstream whose payload matches its contentHash; `None` for anything
-/// else (it is neither cached nor served).
-fn vouched_id(e: &RawEntry) -> Option<String> {
-    let keys: RecordKeys<'_> = serde_json::from_slice(&e.metadata_json).ok()?;
-    (crate::wire::content_hash(&e.encrypted_data) == keys.content_hash)
-        .then(|| keys.id.into_owned())
+fn cost(e: &RawEntry) -> u64 {
+    (e.metadata_json.len() + e.encrypted_data.len() + e.id.len() * 2 + 160) as u64
 }
 
 struct Slots {
@@ -102,22 +94,22 @@ impl EdgeCache {
 
     /// Inserts, evicting least recently used entries beyond the byte limit. An entry larger than
     /// the whole cache is not kept.
-    fn insert(&self, store: u32, id: String, entry: RawEntry) {
-        let c = cost(&id, &entry);
+    fn insert(&self, store: u32, entry: RawEntry) {
+        let c = cost(&entry);
         if c > self.max_bytes {
             return;
         }
         let mut slots = self.slots.lock().expect("cache");
-        if let Some(old) = slots.lru.put((store, id.clone()), entry) {
-            slots.bytes -= cost(&id, &old);
+        if let Some(old) = slots.lru.put((store, entry.id.clone()), entry) {
+            slots.bytes -= cost(&old);
         }
         slots.bytes += c;
         let mut evicted = 0;
         while slots.bytes > self.max_bytes {
-            let Some(((_, old_id), old)) = slots.lru.pop_lru() else {
+            let Some((_, old)) = slots.lru.pop_lru() else {
                 break;
             };
-            slots.bytes -= cost(&old_id, &old);
+            slots.bytes -= cost(&old);
             evicted += 1;
         }
         let bytes = slots.bytes;
@@ -209,23 +201,13 @@ impl CachedStore {
             let ids = unclaimed.clone();
             let fetch = async move {
                 cache.upstream_fetches.fetch_add(1, Ordering::Relaxed);
-                let result = match remote.get_entries_raw(&ids).await {
-                    // Hashing the payloads is CPU work: off the async workers.
-                    Ok(entries) => crate::cpu::run(move || {
-                        entries
-                            .into_iter()
-                            .filter_map(|e| Some((vouched_id(&e)?, e)))
-                            .collect::<Vec<_>>()
-                    })
-                    .await
-                    .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
+                // The remote store hands on only payloads that match their contentHash.
+                let result = remote.get_entries_raw(&ids).await;
                 let mut map = HashMap::new();
                 if let Ok(entries) = &result {
-                    for (id, e) in entries {
-                        cache.insert(store, id.clone(), e.clone());
-                        map.insert(id.clone(), e.clone());
+                    for e in entries {
+                        cache.insert(store, e.clone());
+                        map.insert(e.id.clone(), e.clone());
                     }
                 }
                 // Released only after the cache holds the entries, so that a request arriving now
@@ -235,7 +217,7 @@ impl CachedStore {
                     in_flight.remove(&(store, id));
                 }
                 drop(in_flight);
-                result.map_err(Arc::new)?;
+                result.map_err(|e| Arc::new(e.to_string()))?;
                 Ok(Arc::new(map))
             }
             .boxed()
@@ -345,8 +327,7 @@ impl ContentAddressedStore for CachedStore {
                     encrypted_data: data.clone(),
                 };
                 if crate::store::check_payload(&entry).is_ok() {
-                    self.cache
-                        .insert(self.store, receipt.id.clone(), RawEntry::from_entry(entry));
+                    self.cache.insert(self.store, RawEntry::from_entry(entry));
                 }
             }
         }
@@ -469,15 +450,15 @@ mod tests {
 
     #[test]
     fn evicts_least_recently_used_beyond_the_byte_limit() {
-        let one = cost("a", &raw("a", 10_000));
+        let one = cost(&raw("a", 10_000));
         let cache = EdgeCache::new(one * 3, Arc::new(Metrics::new()));
         let store =
             cache.store_number(&StoreId::new("t", "db", crate::wire::StoreKind::Docs).unwrap());
         for id in ["a", "b", "c"] {
-            cache.insert(store, id.into(), raw(id, 10_000));
+            cache.insert(store, raw(id, 10_000));
         }
         assert!(cache.get(&(store, "a".into())).is_some()); // a is now most recent
-        cache.insert(store, "d".into(), raw("d", 10_000));
+        cache.insert(store, raw("d", 10_000));
         assert!(
             cache.get(&(store, "b".into())).is_none(),
             "b was least recent"
@@ -487,7 +468,7 @@ mod tests {
         assert_eq!((status.entries, status.evictions), (3, 1));
         assert!(status.bytes <= status.max_bytes);
         // Larger than the whole cache: not kept, nothing evicted for it.
-        cache.insert(store, "huge".into(), raw("huge", 1_000_000));
+        cache.insert(store, raw("huge", 1_000_000));
         assert_eq!(cache.status().entries, 3);
     }
 
@@ -499,22 +480,10 @@ mod tests {
         let (na, nb) = (cache.store_number(&a), cache.store_number(&b));
         assert_ne!(na, nb);
         assert_eq!(cache.store_number(&a), na);
-        cache.insert(na, "x".into(), raw("x", 10));
+        cache.insert(na, raw("x", 10));
         assert!(
             cache.get(&(nb, "x".into())).is_none(),
             "one store's entry is not another's"
         );
-    }
-
-    #[test]
-    fn only_entries_whose_payload_matches_their_hash_are_vouched_for() {
-        let good = raw("a", 100);
-        assert_eq!(vouched_id(&good).as_deref(), Some("a"));
-        let mut tampered = good.clone();
-        tampered.encrypted_data = bytes::Bytes::from(vec![2u8; 100]);
-        assert_eq!(vouched_id(&tampered), None);
-        let mut garbage = good;
-        garbage.metadata_json = bytes::Bytes::from_static(b"{\"id\":\"a\"}");
-        assert_eq!(vouched_id(&garbage), None);
     }
 }

@@ -99,10 +99,11 @@ pub struct StoreChange {
     pub head: StoreHead,
 }
 
-/// An entry whose metadata is still serialised: a JSON object with the wire fields. Both parts are
-/// shared buffers, so that a cache serves one copy to every reader.
+/// An entry whose metadata is still serialised: a JSON object with the wire fields, the id read
+/// from it. Both parts are shared buffers, so that a cache serves one copy to every reader.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawEntry {
+    pub id: String,
     pub metadata_json: Bytes,
     pub encrypted_data: Bytes,
 }
@@ -110,6 +111,7 @@ pub struct RawEntry {
 impl RawEntry {
     pub fn from_entry(entry: Entry) -> Self {
         RawEntry {
+            id: entry.metadata.id.clone(),
             metadata_json: serde_json::to_vec(&entry.metadata)
                 .expect("metadata serialises")
                 .into(),
