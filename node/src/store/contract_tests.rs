@@ -303,6 +303,8 @@ fn receipt_for(id: &str, doc: &str, payload: &[u8], at: i64) -> EntryMetadata {
 /// Witness receipts applied to stored entries: copied on, re-anchored at fresh receiptOrders in
 /// order after everything else, listed once everywhere, idempotent. Leaves the store at head 7.
 async fn receipts_re_anchor(store: &dyn ContentAddressedStore) {
+    // The sync engine hands receipts only to stores that say they keep them.
+    assert!(store.keeps_receipts());
     let put: Vec<Entry> = (1..=5)
         .map(|i| {
             entry(

@@ -95,6 +95,10 @@ impl ContentAddressedStore for MemoryStore {
         Ok(super::announce_put(&self.changes, &self.id, inserted, head))
     }
 
+    fn keeps_receipts(&self) -> bool {
+        true
+    }
+
     async fn apply_receipts(&self, receipts: &[EntryMetadata]) -> Result<Vec<String>, StoreError> {
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
         let mut updated = Vec::new();

@@ -187,6 +187,12 @@ pub trait ContentAddressedStore: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Whether [`apply_receipts`](Self::apply_receipts) can change anything here: only stores that
+    /// hold their own copy of the entries. Spares callers preparing receipts for nobody.
+    fn keeps_receipts(&self) -> bool {
+        false
+    }
+
     /// The subset of `ids` that exists, in request order.
     async fn has_entries(&self, ids: &[String]) -> Result<Vec<String>, StoreError>;
 

@@ -530,6 +530,10 @@ impl ContentAddressedStore for SledStore {
         Ok(super::announce_put(&self.changes, &self.id, inserted, head))
     }
 
+    fn keeps_receipts(&self) -> bool {
+        true
+    }
+
     async fn apply_receipts(&self, receipts: &[EntryMetadata]) -> Result<Vec<String>, StoreError> {
         let _writer = self.write_lock.lock().await;
         let reader = self.reader();

@@ -399,13 +399,18 @@ async fn move_batch(
     let mut count = entries.len() as u64;
     let bytes = entries.iter().map(|e| e.encrypted_data.len() as u64).sum();
     if !entries.is_empty() {
-        let pushed: Vec<EntryMetadata> = entries.iter().map(|e| e.metadata.clone()).collect();
+        // A pull from a remote source has nowhere to put receipts: no copy kept for them.
+        let pushed: Option<Vec<EntryMetadata>> = source
+            .keeps_receipts()
+            .then(|| entries.iter().map(|e| e.metadata.clone()).collect());
         let outcome = target.push_entries(entries).await?;
         count = count.saturating_sub(outcome.rejected.len() as u64);
         rejected.extend(outcome.rejected);
-        let receipts = verified_receipts(&pushed, &outcome.receipts, &source.id().db_id);
-        if !receipts.is_empty() {
-            source.apply_receipts(&receipts).await?;
+        if let Some(pushed) = pushed {
+            let receipts = verified_receipts(&pushed, &outcome.receipts, &source.id().db_id);
+            if !receipts.is_empty() {
+                source.apply_receipts(&receipts).await?;
+            }
         }
     }
     Ok(Moved {
