@@ -92,34 +92,39 @@ impl EdgeCache {
         self.slots.lock().expect("cache").lru.get(key).cloned()
     }
 
-    /// Inserts, evicting least recently used entries beyond the byte limit. An entry larger than
-    /// the whole cache is not kept.
-    fn insert(&self, store: u32, entry: RawEntry) {
-        let c = cost(&entry);
-        if c > self.max_bytes {
-            return;
-        }
+    /// Inserts, evicting least recently used entries beyond the byte limit; one lock and one
+    /// metrics update for the lot. An entry larger than the whole cache is not kept.
+    fn insert(&self, store: u32, entries: impl IntoIterator<Item = RawEntry>) {
+        let mut evicted = Vec::new();
         let mut slots = self.slots.lock().expect("cache");
-        if let Some(old) = slots.lru.put((store, entry.id.clone()), entry) {
-            slots.bytes -= cost(&old);
-        }
-        slots.bytes += c;
-        let mut evicted = 0;
-        while slots.bytes > self.max_bytes {
-            let Some((_, old)) = slots.lru.pop_lru() else {
-                break;
-            };
-            slots.bytes -= cost(&old);
-            evicted += 1;
+        for entry in entries {
+            let c = cost(&entry);
+            if c > self.max_bytes {
+                continue;
+            }
+            if let Some(old) = slots.lru.put((store, entry.id.clone()), entry) {
+                slots.bytes -= cost(&old);
+            }
+            slots.bytes += c;
+            while slots.bytes > self.max_bytes {
+                let Some((_, old)) = slots.lru.pop_lru() else {
+                    break;
+                };
+                slots.bytes -= cost(&old);
+                evicted.push(old);
+            }
         }
         let bytes = slots.bytes;
         drop(slots);
-        if evicted > 0 {
-            self.evictions.fetch_add(evicted, Ordering::Relaxed);
+        // Evicted buffers are freed here, outside the lock.
+        let evictions = evicted.len() as u64;
+        drop(evicted);
+        if evictions > 0 {
+            self.evictions.fetch_add(evictions, Ordering::Relaxed);
             self.metrics
                 .cache_events
                 .with_label_values(&["eviction"])
-                .inc_by(evicted);
+                .inc_by(evictions);
         }
         self.metrics
             .cache_bytes
@@ -205,8 +210,8 @@ impl CachedStore {
                 let result = remote.get_entries_raw(&ids).await;
                 let mut map = HashMap::new();
                 if let Ok(entries) = &result {
+                    cache.insert(store, entries.iter().cloned());
                     for e in entries {
-                        cache.insert(store, e.clone());
                         map.insert(e.id.clone(), e.clone());
                     }
                 }
@@ -318,19 +323,17 @@ impl ContentAddressedStore for CachedStore {
             .map(|e| (e.metadata.id.clone(), e.encrypted_data.clone()))
             .collect();
         let outcome = self.remote.push_entries(entries).await?;
-        for receipt in &outcome.receipts {
-            if let Some(data) = payloads.get(&receipt.id) {
-                let mut metadata = receipt.clone();
-                metadata.receipt_order = None;
-                let entry = Entry {
-                    metadata,
-                    encrypted_data: data.clone(),
-                };
-                if crate::store::check_payload(&entry).is_ok() {
-                    self.cache.insert(self.store, RawEntry::from_entry(entry));
-                }
-            }
-        }
+        let accepted = outcome.receipts.iter().filter_map(|receipt| {
+            let mut metadata = receipt.clone();
+            metadata.receipt_order = None;
+            let entry = Entry {
+                encrypted_data: payloads.get(&receipt.id)?.clone(),
+                metadata,
+            };
+            crate::store::check_payload(&entry).ok()?;
+            Some(RawEntry::from_entry(entry))
+        });
+        self.cache.insert(self.store, accepted);
         Ok(outcome)
     }
 
@@ -454,11 +457,9 @@ mod tests {
         let cache = EdgeCache::new(one * 3, Arc::new(Metrics::new()));
         let store =
             cache.store_number(&StoreId::new("t", "db", crate::wire::StoreKind::Docs).unwrap());
-        for id in ["a", "b", "c"] {
-            cache.insert(store, raw(id, 10_000));
-        }
+        cache.insert(store, ["a", "b", "c"].map(|id| raw(id, 10_000)));
         assert!(cache.get(&(store, "a".into())).is_some()); // a is now most recent
-        cache.insert(store, raw("d", 10_000));
+        cache.insert(store, [raw("d", 10_000)]);
         assert!(
             cache.get(&(store, "b".into())).is_none(),
             "b was least recent"
@@ -468,7 +469,7 @@ mod tests {
         assert_eq!((status.entries, status.evictions), (3, 1));
         assert!(status.bytes <= status.max_bytes);
         // Larger than the whole cache: not kept, nothing evicted for it.
-        cache.insert(store, raw("huge", 1_000_000));
+        cache.insert(store, [raw("huge", 1_000_000)]);
         assert_eq!(cache.status().entries, 3);
     }
 
@@ -480,7 +481,7 @@ mod tests {
         let (na, nb) = (cache.store_number(&a), cache.store_number(&b));
         assert_ne!(na, nb);
         assert_eq!(cache.store_number(&a), na);
-        cache.insert(na, raw("x", 10));
+        cache.insert(na, [raw("x", 10)]);
         assert!(
             cache.get(&(nb, "x".into())).is_none(),
             "one store's entry is not another's"
