@@ -7,8 +7,10 @@
 //! cursor, done. Otherwise cursor scan of the source (restarting from the beginning when either epoch
 //! changed), the next page fetched while the current one is processed; missing ids found with the
 //! target's bloom summary (on full scans) and an exact `hasEntries` for the "maybe" ids; transfers in
-//! batches with a bounded number in flight; the cursor advanced only after a page is stored. Sources
-//! without cursor scan use the baseline flow (target ids → `findNewEntries`).
+//! batches bounded by entries and payload bytes, a bounded number in flight. The scanner runs ahead
+//! of the transfers, so batches keep flowing across page boundaries; the cursor is advanced only
+//! once every batch of its page is stored. Sources without cursor scan use the baseline flow
+//! (target ids → `findNewEntries`).
 
 use std::collections::HashSet;
 
