@@ -16,6 +16,8 @@ use super::CryptoError;
 
 pub const AES_KEY_LEN: usize = 32;
 pub const IV_LEN: usize = 12;
+/// Length of the AES-GCM tag appended to every sealed payload.
+pub const AES_TAG_LEN: usize = 16;
 
 /// An AES-256-GCM key prepared once (key schedule done) for many payloads: 12-byte IV, tag
 /// appended, no AAD.
@@ -34,6 +36,20 @@ impl AesKey {
             .seal_in_place_append_tag(Nonce::assume_unique_for_key(*iv), Aad::empty(), &mut out)
             .expect("AES-GCM sealing of an in-memory buffer cannot fail");
         out
+    }
+
+    /// Seals `buf[start..]` in place under `iv` and appends the tag: a payload written straight
+    /// into a response buffer is encrypted there, with no copy of its own.
+    pub fn seal_tail(&self, iv: &[u8; IV_LEN], buf: &mut Vec<u8>, start: usize) {
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(*iv),
+                Aad::empty(),
+                &mut buf[start..],
+            )
+            .expect("AES-GCM sealing of an in-memory buffer cannot fail");
+        buf.extend_from_slice(tag.as_ref());
     }
 
     pub fn open(&self, iv: &[u8], ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
@@ -135,6 +151,11 @@ impl SessionKey {
         })
     }
 
+    /// Seals `buf[start..]` in place under `iv` (a fresh [`random_iv`]) and appends the tag.
+    pub fn seal_tail(&self, iv: &[u8; IV_LEN], buf: &mut Vec<u8>, start: usize) {
+        self.key.seal_tail(iv, buf, start)
+    }
+
     /// Encrypts one payload under a fresh IV; returns `(iv, ciphertext‖tag)`.
     pub fn seal(&self, payload: &[u8]) -> ([u8; IV_LEN], Vec<u8>) {
         let iv = random_iv();
@@ -218,6 +239,20 @@ mod tests {
         let wrapped = b64::decode(other.as_str().unwrap()).unwrap();
         assert!(SessionKey::unwrap(&alice.encryption, &wrapped).is_err());
         assert!(SessionKey::unwrap(&reader("bob").encryption, &wrapped).is_ok());
+    }
+
+    #[test]
+    fn sealing_in_place_is_sealing() {
+        let key = AesKey::new(&random_key());
+        let iv = random_iv();
+        let payload = b"a payload sealed where it lies".to_vec();
+        let mut buf = b"prefix".to_vec();
+        buf.extend_from_slice(&payload);
+        key.seal_tail(&iv, &mut buf, 6);
+        assert_eq!(&buf[..6], b"prefix");
+        assert_eq!(&buf[6..], key.seal(&iv, &payload).as_slice());
+        assert_eq!(buf.len() - 6, payload.len() + AES_TAG_LEN);
+        assert_eq!(key.open(&iv, &buf[6..]).unwrap(), payload);
     }
 
     #[test]

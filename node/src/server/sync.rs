@@ -19,7 +19,7 @@ use super::error::{ApiError, INVALID_TOKEN, MISSING_AUTH};
 use super::ingest::{self, IngestInput, Witness};
 use super::{now_ms, resolve_tenant, tenant_dir, ClientIp, SharedState};
 use crate::config::Role;
-use crate::crypto::transport::{hybrid_encrypt, SessionKey};
+use crate::crypto::transport::{hybrid_encrypt, random_iv, SessionKey, AES_TAG_LEN};
 use crate::directory::{Directory, Principal};
 use crate::store::registry::SharedStore;
 use crate::store::{PutSummary, RawEntry};
@@ -393,8 +393,9 @@ pub async fn dispatch(
 }
 
 /// The binary format (spec §4.10): one session key wrapped to the reader, per entry a frame of the
-/// metadata JSON with its `iv` and the AES-GCM-sealed payload. The stored metadata JSON is passed
-/// through with `iv` spliced in as the first field; the per-entry work runs on every core.
+/// metadata JSON with its `iv` and the AES-GCM-sealed payload. Everything is written once, into the
+/// response buffer: the stored metadata JSON with `iv` spliced in as the first field, the payload
+/// copied in and sealed in place.
 fn wrap_binary(reader: &Principal, entries: Vec<RawEntry>) -> Result<Response, ApiError> {
     let session_key = SessionKey::new(&reader.encryption_key).map_err(ApiError::internal)?;
     let header = serde_json::to_vec(&BinaryGetHeader {
@@ -402,18 +403,19 @@ fn wrap_binary(reader: &Principal, entries: Vec<RawEntry>) -> Result<Response, A
         wrapped_session_key: b64::B64(session_key.wrapped.clone()),
     })
     .expect("header serialises");
-    let frames: Vec<(Vec<u8>, Vec<u8>)> = entries
-        .into_par_iter()
-        .map(|e| {
-            let (iv, sealed) = session_key.seal(&e.encrypted_data);
-            let meta = framing::with_iv(&iv, &e.metadata_json);
-            (meta, sealed)
-        })
-        .collect();
-    let size: usize = frames.iter().map(|(m, p)| m.len() + p.len() + 8).sum();
+    let size: usize = entries
+        .iter()
+        .map(|e| e.metadata_json.len() + e.encrypted_data.len() + 64)
+        .sum();
     let mut writer = framing::FrameWriter::new(&header, size);
-    for (meta, sealed) in &frames {
-        writer.push(meta, sealed);
+    for e in &entries {
+        let iv = random_iv();
+        let sealed_len = e.encrypted_data.len() + AES_TAG_LEN;
+        writer.push_in_place(&iv, &e.metadata_json, sealed_len, |buf| {
+            let start = buf.len();
+            buf.extend_from_slice(&e.encrypted_data);
+            session_key.seal_tail(&iv, buf, start);
+        });
     }
     Ok((
         [(header::CONTENT_TYPE, "application/octet-stream")],

@@ -80,6 +80,32 @@ impl FrameWriter {
         push_block(&mut self.buf, payload);
     }
 
+    /// Pushes a frame written in place: its metadata JSON with `iv` spliced in (as [`with_iv`]),
+    /// then its payload, appended by `write_payload` to the body buffer after the payload's length
+    /// prefix — `payload_len` bytes exactly (for example a plaintext copied in and sealed there).
+    pub fn push_in_place(
+        &mut self,
+        iv: &[u8],
+        metadata_json: &[u8],
+        payload_len: usize,
+        write_payload: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        write_with_iv(&mut self.buf, iv, metadata_json);
+        let meta_len = (self.buf.len() - at - 4) as u32;
+        self.buf[at..at + 4].copy_from_slice(&meta_len.to_be_bytes());
+        self.buf
+            .extend_from_slice(&(payload_len as u32).to_be_bytes());
+        let start = self.buf.len();
+        write_payload(&mut self.buf);
+        assert_eq!(
+            self.buf.len() - start,
+            payload_len,
+            "a frame's payload must be as long as announced"
+        );
+    }
+
     pub fn finish(self) -> Vec<u8> {
         self.buf
     }
@@ -92,17 +118,20 @@ fn push_block(buf: &mut Vec<u8>, block: &[u8]) {
 
 /// `metadata_json` (an object) with `"iv"` spliced in as its first field.
 pub fn with_iv(iv: &[u8], metadata_json: &[u8]) -> Vec<u8> {
-    let iv = b64::encode(iv);
+    let mut out = Vec::with_capacity(metadata_json.len() + iv.len() * 2 + 10);
+    write_with_iv(&mut out, iv, metadata_json);
+    out
+}
+
+fn write_with_iv(out: &mut Vec<u8>, iv: &[u8], metadata_json: &[u8]) {
     let rest = metadata_json.get(1..).unwrap_or_default();
-    let mut out = Vec::with_capacity(metadata_json.len() + iv.len() + 8);
     out.extend_from_slice(b"{\"iv\":\"");
-    out.extend_from_slice(iv.as_bytes());
+    out.extend_from_slice(b64::encode(iv).as_bytes());
     out.push(b'"');
     if rest.iter().any(|b| !b.is_ascii_whitespace() && *b != b'}') {
         out.push(b',');
     }
     out.extend_from_slice(rest);
-    out
 }
 
 /// The transport IV of a frame's metadata JSON and the metadata object without it. The IV written
@@ -247,6 +276,24 @@ mod tests {
                 without
             );
         }
+    }
+
+    #[test]
+    fn frames_written_in_place_are_the_frames_pushed() {
+        let iv = [3u8; 12];
+        let meta = br#"{"id":"a"}"#;
+        let mut pushed = FrameWriter::new(b"{}", 0);
+        pushed.push(&with_iv(&iv, meta), b"payload");
+        let mut in_place = FrameWriter::new(b"{}", 0);
+        in_place.push_in_place(&iv, meta, 7, |buf| buf.extend_from_slice(b"payload"));
+        assert_eq!(in_place.finish(), pushed.finish());
+    }
+
+    #[test]
+    #[should_panic(expected = "as long as announced")]
+    fn a_payload_of_another_length_than_announced_is_a_bug() {
+        let mut writer = FrameWriter::new(b"{}", 0);
+        writer.push_in_place(&[0; 12], b"{}", 5, |buf| buf.extend_from_slice(b"abc"));
     }
 
     #[test]
