@@ -210,10 +210,11 @@ impl CachedStore {
                 let result = remote.get_entries_raw(&ids).await;
                 let mut map = HashMap::new();
                 if let Ok(entries) = &result {
-                    cache.insert(store, entries.iter().cloned());
-                    for e in entries {
-                        map.insert(e.id.clone(), e.clone());
-                    }
+                    // Only what was asked for is filed: an upstream cannot fill the cache at will.
+                    let asked: HashSet<&str> = ids.iter().map(String::as_str).collect();
+                    let wanted = entries.iter().filter(|e| asked.contains(e.id.as_str()));
+                    cache.insert(store, wanted.clone().cloned());
+                    map.extend(wanted.map(|e| (e.id.clone(), e.clone())));
                 }
                 // Released only after the cache holds the entries, so that a request arriving now
                 // finds them in one place or the other.
