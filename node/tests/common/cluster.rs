@@ -20,8 +20,10 @@ pub struct Member {
 }
 
 pub struct Cluster {
-    pub members: Vec<Member>,
+    // Declared first so that it drops first: the nodes are stopped before their folders (in
+    // `members`) are deleted, instead of serving for a moment without their files.
     nodes: Vec<Option<Node>>,
+    pub members: Vec<Member>,
 }
 
 /// A free loopback port (bound and released; only used before any node starts).
