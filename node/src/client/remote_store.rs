@@ -162,6 +162,30 @@ impl RemoteStore {
         })
     }
 
+    /// One `scanEntriesSince` request; the response body.
+    async fn post_scan(
+        &self,
+        cursor: Option<&ScanCursor>,
+        limit: usize,
+        filters: &ScanFilters,
+    ) -> Result<Bytes, StoreError> {
+        if !self.capabilities().await?.supports_cursor_scan {
+            return Err(self.unsupported("scanEntriesSince"));
+        }
+        let request = ScanRequest {
+            db_id: Some(self.id.db_id.clone()),
+            cursor: cursor.cloned(),
+            limit: Some(limit.clamp(1, MAX_SCAN_PAGE) as f64),
+            filters: (!filters.is_empty()).then(|| filters.clone()),
+        };
+        let body = Bytes::from(serde_json::to_vec(&request).expect("serialises"));
+        let response = self
+            .session
+            .post_bytes(self.id.kind, "scanEntriesSince", "application/json", body)
+            .await?;
+        Ok(response.body)
+    }
+
     /// One `getEntriesBinary` request; the response body.
     async fn post_binary(&self, ids: &[String]) -> Result<Bytes, StoreError> {
         let request = IdsRequest {
@@ -448,18 +472,8 @@ impl ContentAddressedStore for RemoteStore {
         limit: usize,
         filters: &ScanFilters,
     ) -> Result<ScanPage, StoreError> {
-        if !self.capabilities().await?.supports_cursor_scan {
-            return Err(self.unsupported("scanEntriesSince"));
-        }
-        let request = ScanRequest {
-            db_id: Some(self.id.db_id.clone()),
-            cursor: cursor.cloned(),
-            limit: Some(limit.clamp(1, MAX_SCAN_PAGE) as f64),
-            filters: (!filters.is_empty()).then(|| filters.clone()),
-        };
-        self.session
-            .post_json(self.id.kind, "scanEntriesSince", &request)
-            .await
+        let body = self.post_scan(cursor, limit, filters).await?;
+        self.session.decode("scanEntriesSince", &body)
     }
 
     /// The upstream's page as it sent it, once its shape is checked.
@@ -469,22 +483,9 @@ impl ContentAddressedStore for RemoteStore {
         limit: usize,
         filters: &ScanFilters,
     ) -> Result<Bytes, StoreError> {
-        if !self.capabilities().await?.supports_cursor_scan {
-            return Err(self.unsupported("scanEntriesSince"));
-        }
-        let request = ScanRequest {
-            db_id: Some(self.id.db_id.clone()),
-            cursor: cursor.cloned(),
-            limit: Some(limit.clamp(1, MAX_SCAN_PAGE) as f64),
-            filters: (!filters.is_empty()).then(|| filters.clone()),
-        };
-        let body = Bytes::from(serde_json::to_vec(&request).expect("serialises"));
-        let response = self
-            .session
-            .post_bytes(self.id.kind, "scanEntriesSince", "application/json", body)
-            .await?;
-        let _: ScanPageShape = self.session.decode("scanEntriesSince", &response.body)?;
-        Ok(response.body)
+        let body = self.post_scan(cursor, limit, filters).await?;
+        let _: ScanPageShape = self.session.decode("scanEntriesSince", &body)?;
+        Ok(body)
     }
 
     async fn get_store_head(&self) -> Result<StoreHead, StoreError> {
