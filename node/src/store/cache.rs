@@ -287,19 +287,16 @@ impl CachedStore {
     }
 }
 
-/// Parsed entries of cached records; a record whose metadata does not parse is left out (the
-/// upstream vouched only for its id and payload).
-fn parse_all(entries: Vec<RawEntry>) -> Vec<Entry> {
-    entries
-        .iter()
-        .filter_map(|e| match e.parse() {
-            Ok(entry) => Some(entry),
-            Err(error) => {
-                tracing::warn!(%error, "upstream entry metadata does not parse; not served");
-                None
-            }
-        })
-        .collect()
+/// The parsed metadata of a cached record; `None` (and a warning) when it does not parse: the
+/// upstream vouched only for its id and payload, so such a record is not served.
+fn metadata_of(e: &RawEntry) -> Option<EntryMetadata> {
+    match e.metadata() {
+        Ok(m) => Some(m),
+        Err(error) => {
+            tracing::warn!(id = %e.id, %error, "upstream entry metadata does not parse; not served");
+            None
+        }
+    }
 }
 
 #[async_trait]
@@ -340,9 +337,18 @@ impl ContentAddressedStore for CachedStore {
 
     async fn get_entries(&self, ids: &[String]) -> Result<Vec<Entry>, StoreError> {
         let raw = self.lookup(ids).await?;
-        crate::cpu::run(move || parse_all(raw))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))
+        crate::cpu::run(move || {
+            raw.iter()
+                .filter_map(|e| {
+                    Some(Entry {
+                        metadata: metadata_of(e)?,
+                        encrypted_data: e.encrypted_data.to_vec(),
+                    })
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))
     }
 
     async fn get_entries_raw(&self, ids: &[String]) -> Result<Vec<RawEntry>, StoreError> {
@@ -350,12 +356,13 @@ impl ContentAddressedStore for CachedStore {
     }
 
     async fn get_entry_metadata(&self, id: &str) -> Result<Option<EntryMetadata>, StoreError> {
-        if let Some(e) = self.cache.get(&(self.store, id.to_string())) {
-            if let Some(entry) = parse_all(vec![e]).pop() {
-                let mut m = entry.metadata;
-                m.receipt_order = None;
-                return Ok(Some(m));
-            }
+        if let Some(mut m) = self
+            .cache
+            .get(&(self.store, id.to_string()))
+            .and_then(|e| metadata_of(&e))
+        {
+            m.receipt_order = None;
+            return Ok(Some(m));
         }
         self.remote.get_entry_metadata(id).await
     }

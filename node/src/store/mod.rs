@@ -119,11 +119,8 @@ impl RawEntry {
         }
     }
 
-    pub fn parse(&self) -> Result<Entry, serde_json::Error> {
-        Ok(Entry {
-            metadata: serde_json::from_slice(&self.metadata_json)?,
-            encrypted_data: self.encrypted_data.to_vec(),
-        })
+    pub fn metadata(&self) -> Result<EntryMetadata, serde_json::Error> {
+        serde_json::from_slice(&self.metadata_json)
     }
 }
 
