@@ -587,9 +587,9 @@ fn merge_upstream_verdict(
 ) -> Vec<Entry> {
     // Only the upstream's witness receipts are taken, and only where they verify over the entry
     // this node checked: an upstream cannot change what is stored here or answered to the client.
-    let pushed: Vec<EntryMetadata> = forwarded.iter().map(|e| e.metadata.clone()).collect();
+    let pushed = forwarded.iter().map(|e| &e.metadata);
     let stamped: HashMap<String, EntryMetadata> =
-        crate::sync::engine::verified_receipts(&pushed, &outcome.receipts, db)
+        crate::sync::engine::verified_receipts(pushed, &outcome.receipts, db)
             .into_iter()
             .map(|m| (m.id.clone(), m))
             .collect();

@@ -425,13 +425,13 @@ async fn move_batch(
 /// The records of `pushed` with the witness receipts of `receipts` copied on, for every receipt
 /// that is new to the pushed record and whose signature verifies over it (spec §5.6): a receipt is
 /// taken only for exactly the entry that was pushed, never on the target's word alone.
-pub fn verified_receipts(
-    pushed: &[EntryMetadata],
+pub fn verified_receipts<'a>(
+    pushed: impl IntoIterator<Item = &'a EntryMetadata>,
     receipts: &[EntryMetadata],
     db_id: &str,
 ) -> Vec<EntryMetadata> {
     let by_id: std::collections::HashMap<&str, &EntryMetadata> =
-        pushed.iter().map(|m| (m.id.as_str(), m)).collect();
+        pushed.into_iter().map(|m| (m.id.as_str(), m)).collect();
     receipts
         .iter()
         .filter_map(|receipt| {
