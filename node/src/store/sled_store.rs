@@ -230,10 +230,15 @@ impl Reader {
         let Some((ro, raw)) = self.record(id)? else {
             return Ok(None);
         };
+        self.parse_meta(id, ro, &raw).map(Some)
+    }
+
+    /// A stored record (prefix ‖ JSON) parsed, with its receiptOrder.
+    fn parse_meta(&self, id: &str, ro: u64, raw: &[u8]) -> Result<EntryMetadata, StoreError> {
         let mut meta: EntryMetadata = serde_json::from_slice(&raw[8..])
             .map_err(|e| self.corrupt(format!("metadata of {id}: {e}")))?;
         meta.receipt_order = Some(ro);
-        Ok(Some(meta))
+        Ok(meta)
     }
 
     /// The stored record as wire JSON: the receiptOrder prefix is spliced in as the first field,
@@ -436,6 +441,34 @@ impl SledStore {
                 Ok(pairs) => pairs.into_iter().map(Ok).collect::<Vec<_>>(),
                 Err(e) => vec![Err(e)],
             })
+    }
+
+    /// Walks the visible records after `cursor` in scan order and keeps what `keep` makes of each
+    /// (`(receiptOrder, id, stored value)`; `None` skips it) until `limit` are kept; also whether
+    /// more follow. The caller holds the re-anchoring gate.
+    fn scan_records<T>(
+        &self,
+        cursor: Option<&ScanCursor>,
+        limit: usize,
+        mut keep: impl FnMut(&Reader, u64, String, &[u8]) -> Result<Option<T>, StoreError>,
+    ) -> Result<(Vec<T>, bool), StoreError> {
+        let limit = limit.clamp(1, MAX_SCAN_PAGE);
+        let reader = self.reader();
+        let mut kept = Vec::new();
+        for item in self.order_range(cursor) {
+            let (_, id) = item?;
+            let Some((ro, raw)) = reader.record(&id)? else {
+                return Err(self.corrupt(format!("order index names {id} without metadata")));
+            };
+            let Some(value) = keep(&reader, ro, id, &raw)? else {
+                continue;
+            };
+            if kept.len() == limit {
+                return Ok((kept, true));
+            }
+            kept.push(value);
+        }
+        Ok((kept, false))
     }
 
     /// Ends a write under the write lock: adds the index of the new batch (receiptOrders
@@ -656,23 +689,10 @@ impl ContentAddressedStore for SledStore {
         filters: &ScanFilters,
     ) -> Result<ScanPage, StoreError> {
         let _gate = self.reanchor_gate.read().await;
-        let limit = limit.clamp(1, MAX_SCAN_PAGE);
-        let mut entries = Vec::new();
-        let mut has_more = false;
-        for item in self.order_range(cursor) {
-            let (_, id) = item?;
-            let Some(meta) = self.load_meta(&id)? else {
-                return Err(self.corrupt(format!("order index names {id} without metadata")));
-            };
-            if !filters.matches(&meta) {
-                continue;
-            }
-            if entries.len() == limit {
-                has_more = true;
-                break;
-            }
-            entries.push(meta);
-        }
+        let (entries, has_more) = self.scan_records(cursor, limit, |reader, ro, id, raw| {
+            let meta = reader.parse_meta(&id, ro, raw)?;
+            Ok(filters.matches(&meta).then_some(meta))
+        })?;
         Ok(super::page(entries, cursor, has_more))
     }
 
@@ -688,31 +708,22 @@ impl ContentAddressedStore for SledStore {
             return Ok(serde_json::to_vec(&page).expect("a page serialises").into());
         }
         let _gate = self.reanchor_gate.read().await;
-        let limit = limit.clamp(1, MAX_SCAN_PAGE);
-        let reader = self.reader();
-        let mut records = Vec::new();
-        let mut last = None;
-        let mut has_more = false;
-        for item in self.order_range(cursor) {
-            let (_, id) = item?;
-            let Some((ro, raw)) = reader.record(&id)? else {
-                return Err(self.corrupt(format!("order index names {id} without metadata")));
-            };
-            if records.len() == limit {
-                has_more = true;
-                break;
-            }
-            records.push(wire_json(ro, &raw));
-            last = Some(ScanCursor {
-                receipt_order: ro,
-                id,
-            });
-        }
-        let next = last.or_else(|| cursor.cloned());
-        Ok(
-            crate::wire::scan_page_json(records.iter().map(Vec::as_slice), next.as_ref(), has_more)
-                .into(),
+        let (records, has_more) = self.scan_records(cursor, limit, |_, ro, id, raw| {
+            Ok(Some((
+                ScanCursor {
+                    receipt_order: ro,
+                    id,
+                },
+                wire_json(ro, raw),
+            )))
+        })?;
+        let next = records.last().map(|(c, _)| c).or(cursor);
+        Ok(crate::wire::scan_page_json(
+            records.iter().map(|(_, json)| json.as_slice()),
+            next,
+            has_more,
         )
+        .into())
     }
 
     async fn get_store_head(&self) -> Result<StoreHead, StoreError> {
