@@ -203,17 +203,16 @@ impl RemoteStore {
 
     async fn get_batch(&self, ids: &[String]) -> Result<Vec<Entry>, StoreError> {
         let caps = self.capabilities().await?.clone();
-        let request = IdsRequest {
-            db_id: Some(self.id.db_id.clone()),
-            ids: ids.to_vec(),
-            session_key_wrap: (!caps.supports_binary_entries && caps.supports_session_key_wrap)
-                .then_some(true),
-        };
         let session = self.session.clone();
         if caps.supports_binary_entries {
             let body = self.post_binary(ids).await?;
             return blocking(move || decode_binary(&session, &body, parse_frame)).await;
         }
+        let request = IdsRequest {
+            db_id: Some(self.id.db_id.clone()),
+            ids: ids.to_vec(),
+            session_key_wrap: caps.supports_session_key_wrap.then_some(true),
+        };
         if caps.supports_session_key_wrap {
             let r: SessionEntriesResponse = self
                 .session
