@@ -153,6 +153,52 @@ async fn three_hop_chain_carries_writes_both_ways() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn concurrent_misses_at_an_edge_make_one_upstream_request() {
+    let mut c = Cluster::new(&["origin", "edge"]);
+    c.configure(0, "role: origin\n");
+    c.configure(1, &format!("role: edge\n{}", c.remotes("upstreams", &[0])));
+    c.start(0);
+    c.start(1);
+    let mut alice = c.client(0);
+    alice.login("alice").await;
+    let written = encrypted_entries("burst", 40);
+    alice.push(DB, &written).await;
+
+    // Twenty readers ask the edge at once for the same missing entries; the request repeats one
+    // id, which is answered at each of its places.
+    let mut asked = ids(&written);
+    asked.push(asked[3].clone());
+    let mut readers = Vec::new();
+    for _ in 0..20 {
+        let mut bob = c.client(1);
+        bob.login("bob").await;
+        readers.push(bob);
+    }
+    let before = served(&c, 0, "sync/docs/getEntriesBinary").await
+        + served(&c, 0, "sync/docs/getEntries").await;
+    let answers =
+        futures::future::join_all(readers.iter().map(|bob| bob.fetch(DB, &asked, "bob"))).await;
+    for answer in &answers {
+        assert_eq!(ids(answer), asked);
+        assert_eq!(decrypt(&answer[40]), "secret note burst 3");
+    }
+    let after = served(&c, 0, "sync/docs/getEntriesBinary").await
+        + served(&c, 0, "sync/docs/getEntries").await;
+    assert_eq!(
+        after - before,
+        1,
+        "one upstream request fills every reader's miss"
+    );
+    let cache = &c.status(1).await["cache"];
+    assert_eq!(cache["entries"], 40, "{cache}");
+    assert_eq!(
+        cache["hits"].as_u64().unwrap() + cache["misses"].as_u64().unwrap(),
+        20 * 40,
+        "each reader's distinct ids are counted once: {cache}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn edges_and_passthroughs_relay_their_upstreams_change_feed() {
     let mut c = Cluster::new(&["origin", "edge", "passthrough"]);
     c.configure(0, "role: origin\n");

@@ -299,12 +299,12 @@ fn parse_frame(metadata: Vec<u8>, data: Vec<u8>) -> Result<Option<Entry>, serde_
 /// entries are passed on without the verification a parsed entry gets at ingest.
 fn raw_frame(metadata: Vec<u8>, data: Vec<u8>) -> Result<Option<RawEntry>, serde_json::Error> {
     let keys: RecordKeys<'_> = serde_json::from_slice(&metadata)?;
-    if content_hash(&data) != keys.content_hash {
+    if !has_content_hash(&data, &keys.content_hash) {
         tracing::warn!(id = %keys.id, "upstream payload does not match its contentHash; left out");
         return Ok(None);
     }
     Ok(Some(RawEntry {
-        id: keys.id.into_owned(),
+        id: keys.id.as_ref().into(),
         metadata_json: metadata.into(),
         encrypted_data: data.into(),
     }))
@@ -624,7 +624,7 @@ mod tests {
         let raw = raw_frame(json.clone(), good.encrypted_data.clone())
             .unwrap()
             .unwrap();
-        assert_eq!(raw.id, "a");
+        assert_eq!(&*raw.id, "a");
         assert_eq!(raw.metadata_json.as_ref(), json.as_slice());
         assert_eq!(raw.encrypted_data.as_ref(), good.encrypted_data.as_slice());
         assert!(

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use crate::crypto::keys::FastSigner;
 use crate::crypto::signing::{self, AuthorSignatureError, AuthorSignedMessage};
 use crate::directory::TenantDirectory;
-use crate::wire::{content_hash, Entry, EntryMetadata, Rejection};
+use crate::wire::{has_content_hash, Entry, EntryMetadata, Rejection};
 
 /// Why an entry was rejected; the label is used for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +172,7 @@ fn check_entry<'e>(
     let author = directory
         .active_by_signing_key(&entry.metadata.created_by_public_key)
         .ok_or(RejectReason::UntrustedAuthor)?;
-    if content_hash(&entry.encrypted_data) != entry.metadata.content_hash {
+    if !has_content_hash(&entry.encrypted_data, &entry.metadata.content_hash) {
         return Err(RejectReason::ContentHash);
     }
     if entry.metadata.encrypted_size != entry.encrypted_data.len() as u64 {

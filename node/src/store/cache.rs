@@ -11,11 +11,14 @@
 //! request claims the ids it misses and fetches them in one upstream call; a request that misses an
 //! id already being fetched waits for that fetch instead of asking again.
 
-use std::collections::{HashMap, HashSet};
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use foldhash::HashMapExt;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use lru::LruCache;
 use tokio::sync::broadcast;
@@ -32,14 +35,74 @@ use crate::wire::{
     StoreHead, StoreId,
 };
 
-/// (store number within the cache, entry id).
-type Key = (u32, String);
-type Fetched = Result<Arc<HashMap<String, RawEntry>>, Arc<String>>;
+/// A cached entry's key: the store's number within the cache and the entry id, shared with the
+/// entry it files.
+#[derive(Clone)]
+struct Key {
+    store: u32,
+    id: Arc<str>,
+}
+
+/// What keys are hashed and compared by, so that a lookup by `(store, &str)` finds a [`Key`]
+/// without building one (no allocation per id looked up).
+trait KeyParts {
+    fn parts(&self) -> (u32, &str);
+}
+
+impl KeyParts for Key {
+    fn parts(&self) -> (u32, &str) {
+        (self.store, &self.id)
+    }
+}
+
+impl KeyParts for (u32, &str) {
+    fn parts(&self) -> (u32, &str) {
+        *self
+    }
+}
+
+impl Hash for dyn KeyParts + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.parts().hash(state)
+    }
+}
+
+impl PartialEq for dyn KeyParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn KeyParts + '_ {}
+
+// Hashes and compares exactly as its `dyn KeyParts` view does, as `Borrow` requires.
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.parts().hash(state)
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for Key {}
+
+impl<'a> Borrow<dyn KeyParts + 'a> for Key {
+    fn borrow(&self) -> &(dyn KeyParts + 'a) {
+        self
+    }
+}
+
+/// What one upstream fetch delivered: the entries asked for that the upstream vouched for.
+type Fetched = Result<Arc<Vec<RawEntry>>, Arc<String>>;
 type Flight = Shared<BoxFuture<'static, Fetched>>;
 
 /// Approximate resident cost of a cached entry: its buffers, key and bookkeeping.
 fn cost(e: &RawEntry) -> u64 {
-    (e.metadata_json.len() + e.encrypted_data.len() + e.id.len() * 2 + 160) as u64
+    (e.metadata_json.len() + e.encrypted_data.len() + e.id.len() + 160) as u64
 }
 
 struct Slots {
@@ -50,7 +113,7 @@ struct Slots {
 pub struct EdgeCache {
     max_bytes: u64,
     slots: Mutex<Slots>,
-    in_flight: Mutex<HashMap<Key, Flight>>,
+    in_flight: Mutex<foldhash::HashMap<Key, Flight>>,
     /// Each store's number, so that keys need no copy of the store id.
     stores: Mutex<HashMap<StoreId, u32>>,
     hits: AtomicU64,
@@ -72,7 +135,7 @@ impl EdgeCache {
                 lru: LruCache::unbounded(),
                 bytes: 0,
             }),
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(foldhash::HashMap::new()),
             stores: Mutex::new(HashMap::new()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -88,21 +151,26 @@ impl EdgeCache {
         *stores.entry(store.clone()).or_insert(next)
     }
 
-    fn get(&self, key: &Key) -> Option<RawEntry> {
+    fn get(&self, store: u32, id: &str) -> Option<RawEntry> {
+        let key: &dyn KeyParts = &(store, id);
         self.slots.lock().expect("cache").lru.get(key).cloned()
     }
 
     /// Inserts, evicting least recently used entries beyond the byte limit; one lock and one
     /// metrics update for the lot. An entry larger than the whole cache is not kept.
-    fn insert(&self, store: u32, entries: impl IntoIterator<Item = RawEntry>) {
+    fn insert<'a>(&self, store: u32, entries: impl IntoIterator<Item = &'a RawEntry>) {
         let mut evicted = Vec::new();
         let mut slots = self.slots.lock().expect("cache");
         for entry in entries {
-            let c = cost(&entry);
+            let c = cost(entry);
             if c > self.max_bytes {
                 continue;
             }
-            if let Some(old) = slots.lru.put((store, entry.id.clone()), entry) {
+            let key = Key {
+                store,
+                id: entry.id.clone(),
+            };
+            if let Some(old) = slots.lru.put(key, entry.clone()) {
                 slots.bytes -= cost(&old);
             }
             slots.bytes += c;
@@ -182,22 +250,22 @@ impl CachedStore {
 
     /// Claims the ids nobody fetches yet (one new flight for all of them) and returns the flights
     /// to wait for.
-    fn flights_for(&self, missing: Vec<String>) -> Vec<Flight> {
+    fn flights_for(&self, missing: &[&str]) -> Vec<Flight> {
         let store = self.store;
         let mut in_flight = self.cache.in_flight.lock().expect("in flight");
         let mut flights: Vec<Flight> = Vec::new();
-        let mut unclaimed = Vec::new();
-        for id in missing {
-            let key = (store, id);
-            match in_flight.get(&key) {
+        let mut unclaimed: Vec<String> = Vec::new();
+        for &id in missing {
+            let key: &dyn KeyParts = &(store, id);
+            match in_flight.get(key) {
                 Some(f) => {
                     if !flights.iter().any(|g| g.ptr_eq(f)) {
                         flights.push(f.clone());
                     }
                 }
                 // A flight may have landed between the caller's cache lookup and this lock.
-                None if self.cache.get(&key).is_some() => {}
-                None => unclaimed.push(key.1),
+                None if self.cache.get(store, id).is_some() => {}
+                None => unclaimed.push(id.to_string()),
             }
         }
         if !unclaimed.is_empty() {
@@ -208,28 +276,36 @@ impl CachedStore {
                 cache.upstream_fetches.fetch_add(1, Ordering::Relaxed);
                 // The remote store hands on only payloads that match their contentHash.
                 let result = remote.get_entries_raw(&ids).await;
-                let mut map = HashMap::new();
-                if let Ok(entries) = &result {
+                let wanted = result.as_ref().ok().map(|entries| {
                     // Only what was asked for is filed: an upstream cannot fill the cache at will.
-                    let asked: HashSet<&str> = ids.iter().map(String::as_str).collect();
-                    let wanted = entries.iter().filter(|e| asked.contains(e.id.as_str()));
-                    cache.insert(store, wanted.clone().cloned());
-                    map.extend(wanted.map(|e| (e.id.clone(), e.clone())));
-                }
+                    let asked: foldhash::HashSet<&str> = ids.iter().map(String::as_str).collect();
+                    let wanted: Vec<RawEntry> = entries
+                        .iter()
+                        .filter(|e| asked.contains(&*e.id))
+                        .cloned()
+                        .collect();
+                    cache.insert(store, &wanted);
+                    wanted
+                });
                 // Released only after the cache holds the entries, so that a request arriving now
                 // finds them in one place or the other.
                 let mut in_flight = cache.in_flight.lock().expect("in flight");
-                for id in ids {
-                    in_flight.remove(&(store, id));
+                for id in &ids {
+                    let key: &dyn KeyParts = &(store, id.as_str());
+                    in_flight.remove(key);
                 }
                 drop(in_flight);
                 result.map_err(|e| Arc::new(e.to_string()))?;
-                Ok(Arc::new(map))
+                Ok(Arc::new(wanted.unwrap_or_default()))
             }
             .boxed()
             .shared();
             for id in unclaimed {
-                in_flight.insert((store, id), fetch.clone());
+                let key = Key {
+                    store,
+                    id: id.into(),
+                };
+                in_flight.insert(key, fetch.clone());
             }
             flights.push(fetch);
         }
@@ -239,50 +315,55 @@ impl CachedStore {
     /// The cached or fetched entries of `ids`, in request order; ids the upstream does not hold
     /// (or did not vouch for) are skipped.
     async fn lookup(&self, ids: &[String]) -> Result<Vec<RawEntry>, StoreError> {
-        let mut found: HashMap<&str, RawEntry> = HashMap::with_capacity(ids.len());
-        let mut missing = Vec::new();
-        let mut asked = HashSet::with_capacity(ids.len());
+        // Each distinct id has the slot of its first occurrence; found entries land there.
+        let mut slot_of: foldhash::HashMap<&str, usize> =
+            foldhash::HashMap::with_capacity(ids.len());
+        let mut slots: Vec<Option<RawEntry>> = vec![None; ids.len()];
+        let mut missing: Vec<&str> = Vec::new();
         {
-            let mut slots = self.cache.slots.lock().expect("cache");
-            for id in ids {
-                if !asked.insert(id.as_str()) {
+            let mut cached = self.cache.slots.lock().expect("cache");
+            for (i, id) in ids.iter().enumerate() {
+                if *slot_of.entry(id).or_insert(i) != i {
                     continue;
                 }
-                match slots.lru.get(&(self.store, id.clone())) {
-                    Some(e) => {
-                        found.insert(id, e.clone());
-                    }
-                    None => missing.push(id.clone()),
+                let key: &dyn KeyParts = &(self.store, id.as_str());
+                match cached.lru.get(key) {
+                    Some(e) => slots[i] = Some(e.clone()),
+                    None => missing.push(id),
                 }
             }
         }
-        self.cache.count(found.len() as u64, missing.len() as u64);
+        let misses = missing.len() as u64;
+        self.cache.count(slot_of.len() as u64 - misses, misses);
         if !missing.is_empty() {
-            for flight in self.flights_for(missing) {
+            for flight in self.flights_for(&missing) {
                 let fetched = flight.await.map_err(|message| StoreError::Upstream {
                     upstream: self.remote.session().upstream().to_string(),
                     message: message.to_string(),
                     status: None,
                     transient: true,
                 })?;
-                for id in ids {
-                    if let Some(e) = fetched.get(id) {
-                        found.entry(id).or_insert_with(|| e.clone());
+                for e in fetched.iter() {
+                    if let Some(&i) = slot_of.get(&*e.id) {
+                        slots[i].get_or_insert_with(|| e.clone());
                     }
                 }
             }
             // Ids another request's flight delivered just before ours were claimed.
-            for id in ids {
-                if !found.contains_key(id.as_str()) {
-                    if let Some(e) = self.cache.get(&(self.store, id.clone())) {
-                        found.insert(id, e);
-                    }
+            for id in missing {
+                let slot = &mut slots[slot_of[id]];
+                if slot.is_none() {
+                    *slot = self.cache.get(self.store, id);
                 }
             }
         }
+        if slot_of.len() == ids.len() {
+            return Ok(slots.into_iter().flatten().collect());
+        }
+        // Repeated ids get their first occurrence's entry.
         Ok(ids
             .iter()
-            .filter_map(|id| found.get(id.as_str()).cloned())
+            .filter_map(|id| slots[slot_of[id.as_str()]].clone())
             .collect())
     }
 }
@@ -331,7 +412,8 @@ impl ContentAddressedStore for CachedStore {
             crate::store::check_payload(&entry).ok()?;
             Some(RawEntry::from_entry(entry))
         });
-        self.cache.insert(self.store, accepted);
+        let accepted: Vec<RawEntry> = accepted.collect();
+        self.cache.insert(self.store, &accepted);
         Ok(outcome)
     }
 
@@ -356,11 +438,7 @@ impl ContentAddressedStore for CachedStore {
     }
 
     async fn get_entry_metadata(&self, id: &str) -> Result<Option<EntryMetadata>, StoreError> {
-        if let Some(mut m) = self
-            .cache
-            .get(&(self.store, id.to_string()))
-            .and_then(|e| metadata_of(&e))
-        {
+        if let Some(mut m) = self.cache.get(self.store, id).and_then(|e| metadata_of(&e)) {
             m.receipt_order = None;
             return Ok(Some(m));
         }
@@ -465,19 +543,16 @@ mod tests {
         let cache = EdgeCache::new(one * 3, Arc::new(Metrics::new()));
         let store =
             cache.store_number(&StoreId::new("t", "db", crate::wire::StoreKind::Docs).unwrap());
-        cache.insert(store, ["a", "b", "c"].map(|id| raw(id, 10_000)));
-        assert!(cache.get(&(store, "a".into())).is_some()); // a is now most recent
-        cache.insert(store, [raw("d", 10_000)]);
-        assert!(
-            cache.get(&(store, "b".into())).is_none(),
-            "b was least recent"
-        );
-        assert!(cache.get(&(store, "a".into())).is_some());
+        cache.insert(store, &["a", "b", "c"].map(|id| raw(id, 10_000)));
+        assert!(cache.get(store, "a").is_some()); // a is now most recent
+        cache.insert(store, &[raw("d", 10_000)]);
+        assert!(cache.get(store, "b").is_none(), "b was least recent");
+        assert!(cache.get(store, "a").is_some());
         let status = cache.status();
         assert_eq!((status.entries, status.evictions), (3, 1));
         assert!(status.bytes <= status.max_bytes);
         // Larger than the whole cache: not kept, nothing evicted for it.
-        cache.insert(store, [raw("huge", 1_000_000)]);
+        cache.insert(store, &[raw("huge", 1_000_000)]);
         assert_eq!(cache.status().entries, 3);
     }
 
@@ -489,9 +564,9 @@ mod tests {
         let (na, nb) = (cache.store_number(&a), cache.store_number(&b));
         assert_ne!(na, nb);
         assert_eq!(cache.store_number(&a), na);
-        cache.insert(na, [raw("x", 10)]);
+        cache.insert(na, &[raw("x", 10)]);
         assert!(
-            cache.get(&(nb, "x".into())).is_none(),
+            cache.get(nb, "x").is_none(),
             "one store's entry is not another's"
         );
     }

@@ -18,6 +18,7 @@ pub mod registry;
 pub mod sled_store;
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -103,7 +104,8 @@ pub struct StoreChange {
 /// from it. Both parts are shared buffers, so that a cache serves one copy to every reader.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawEntry {
-    pub id: String,
+    /// Shared, so that the edge cache files an entry under its id without copying it.
+    pub id: Arc<str>,
     pub metadata_json: Bytes,
     pub encrypted_data: Bytes,
 }
@@ -111,7 +113,7 @@ pub struct RawEntry {
 impl RawEntry {
     pub fn from_entry(entry: Entry) -> Self {
         RawEntry {
-            id: entry.metadata.id.clone(),
+            id: entry.metadata.id.as_str().into(),
             metadata_json: serde_json::to_vec(&entry.metadata)
                 .expect("metadata serialises")
                 .into(),
@@ -348,7 +350,7 @@ pub async fn collect_scan_dyn<S: ContentAddressedStore + ?Sized>(
 /// Verifies that an entry's declared hash and size describe its payload (defence in depth: the
 /// server checks this before calling the store, the store refuses to persist a lie).
 pub fn check_payload(entry: &Entry) -> Result<(), StoreError> {
-    if entry.metadata.content_hash != crate::wire::content_hash(&entry.encrypted_data) {
+    if !crate::wire::has_content_hash(&entry.encrypted_data, &entry.metadata.content_hash) {
         return Err(StoreError::PayloadMismatch {
             id: entry.metadata.id.clone(),
         });

@@ -250,7 +250,7 @@ impl Reader {
         let keys: crate::wire::RecordKeys<'_> = serde_json::from_slice(&raw[8..])
             .map_err(|e| self.corrupt(format!("metadata of {id}: {e}")))?;
         Ok(Some(RawEntry {
-            id: id.to_string(),
+            id: id.into(),
             metadata_json: wire_json(ro, &raw).into(),
             encrypted_data: self.payload(id, &keys.content_hash)?.into(),
         }))

@@ -111,10 +111,32 @@ pub fn content_hash(payload: &[u8]) -> String {
     hex::encode(Sha256::digest(payload))
 }
 
+/// Whether `declared` is the payload's `contentHash`, compared exactly as the strings would be
+/// but without building one: this runs for every entry every node takes in.
+pub fn has_content_hash(payload: &[u8], declared: &str) -> bool {
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(payload), &mut hex).expect("64 hex digits for 32 bytes");
+    hex == declared.as_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testdata;
+
+    #[test]
+    fn has_content_hash_is_the_string_comparison() {
+        let payload = b"some payload";
+        let hash = content_hash(payload);
+        assert!(has_content_hash(payload, &hash));
+        assert!(
+            !has_content_hash(payload, &hash.to_uppercase()),
+            "lowercase only"
+        );
+        assert!(!has_content_hash(payload, &hash[..63]));
+        assert!(!has_content_hash(b"other payload", &hash));
+        assert!(!has_content_hash(payload, ""));
+    }
 
     #[test]
     fn content_hash_vectors() {

@@ -9,7 +9,9 @@ pub mod ids;
 
 use serde::{Deserialize, Serialize};
 
-pub use entry::{content_hash, AttachmentRef, Entry, EntryMetadata, RecordKeys, WireEntry};
+pub use entry::{
+    content_hash, has_content_hash, AttachmentRef, Entry, EntryMetadata, RecordKeys, WireEntry,
+};
 pub use ids::{StoreId, StoreKind};
 
 /// Protocol version this node speaks.
