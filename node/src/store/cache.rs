@@ -114,6 +114,9 @@ pub struct EdgeCache {
     max_bytes: u64,
     slots: Mutex<Slots>,
     in_flight: Mutex<foldhash::HashMap<Key, Flight>>,
+    /// Fetches that have filed their entries and left `in_flight` (changed under its lock): a
+    /// request that saw no change since its cache lookup need not look again before claiming.
+    landed: AtomicU64,
     /// Each store's number, so that keys need no copy of the store id.
     stores: Mutex<HashMap<StoreId, u32>>,
     hits: AtomicU64,
@@ -136,6 +139,7 @@ impl EdgeCache {
                 bytes: 0,
             }),
             in_flight: Mutex::new(foldhash::HashMap::new()),
+            landed: AtomicU64::new(0),
             stores: Mutex::new(HashMap::new()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -249,10 +253,14 @@ impl CachedStore {
     }
 
     /// Claims the ids nobody fetches yet (one new flight for all of them) and returns the flights
-    /// to wait for.
-    fn flights_for(&self, missing: &[&str]) -> Vec<Flight> {
+    /// to wait for. `landed_before` is [`EdgeCache::landed`] as it was before the caller's cache
+    /// lookup.
+    fn flights_for(&self, missing: &[&str], landed_before: u64) -> Vec<Flight> {
         let store = self.store;
         let mut in_flight = self.cache.in_flight.lock().expect("in flight");
+        // A flight may have landed between the caller's cache lookup and this lock; only then
+        // is the cache worth asking again.
+        let recheck = self.cache.landed.load(Ordering::SeqCst) != landed_before;
         let mut flights: Vec<Flight> = Vec::new();
         let mut unclaimed: Vec<String> = Vec::new();
         for &id in missing {
@@ -263,8 +271,7 @@ impl CachedStore {
                         flights.push(f.clone());
                     }
                 }
-                // A flight may have landed between the caller's cache lookup and this lock.
-                None if self.cache.get(store, id).is_some() => {}
+                None if recheck && self.cache.get(store, id).is_some() => {}
                 None => unclaimed.push(id.to_string()),
             }
         }
@@ -294,6 +301,7 @@ impl CachedStore {
                     let key: &dyn KeyParts = &(store, id.as_str());
                     in_flight.remove(key);
                 }
+                cache.landed.fetch_add(1, Ordering::SeqCst);
                 drop(in_flight);
                 result.map_err(|e| Arc::new(e.to_string()))?;
                 Ok(Arc::new(wanted.unwrap_or_default()))
@@ -320,6 +328,7 @@ impl CachedStore {
             foldhash::HashMap::with_capacity(ids.len());
         let mut slots: Vec<Option<RawEntry>> = vec![None; ids.len()];
         let mut missing: Vec<&str> = Vec::new();
+        let landed_before = self.cache.landed.load(Ordering::SeqCst);
         {
             let mut cached = self.cache.slots.lock().expect("cache");
             for (i, id) in ids.iter().enumerate() {
@@ -336,7 +345,7 @@ impl CachedStore {
         let misses = missing.len() as u64;
         self.cache.count(slot_of.len() as u64 - misses, misses);
         if !missing.is_empty() {
-            for flight in self.flights_for(&missing) {
+            for flight in self.flights_for(&missing, landed_before) {
                 let fetched = flight.await.map_err(|message| StoreError::Upstream {
                     upstream: self.remote.session().upstream().to_string(),
                     message: message.to_string(),
