@@ -282,15 +282,8 @@ impl CachedStore {
             let fetch = async move {
                 cache.upstream_fetches.fetch_add(1, Ordering::Relaxed);
                 // The remote store hands on only payloads that match their contentHash.
-                let result = remote.get_entries_raw(&ids).await;
-                let wanted = result.as_ref().ok().map(|entries| {
-                    // Only what was asked for is filed: an upstream cannot fill the cache at will.
-                    let asked: foldhash::HashSet<&str> = ids.iter().map(String::as_str).collect();
-                    let wanted: Vec<RawEntry> = entries
-                        .iter()
-                        .filter(|e| asked.contains(&*e.id))
-                        .cloned()
-                        .collect();
+                let result = remote.get_entries_raw(&ids).await.map(|delivered| {
+                    let wanted = only_asked(&ids, delivered);
                     cache.insert(store, &wanted);
                     wanted
                 });
@@ -303,8 +296,7 @@ impl CachedStore {
                 }
                 cache.landed.fetch_add(1, Ordering::SeqCst);
                 drop(in_flight);
-                result.map_err(|e| Arc::new(e.to_string()))?;
-                Ok(Arc::new(wanted.unwrap_or_default()))
+                Ok(Arc::new(result.map_err(|e| Arc::new(e.to_string()))?))
             }
             .boxed()
             .shared();
@@ -375,6 +367,15 @@ impl CachedStore {
             .filter_map(|id| slots[slot_of[id.as_str()]].clone())
             .collect())
     }
+}
+
+/// The delivered entries that were asked for: an upstream cannot fill the cache at will.
+fn only_asked(ids: &[String], delivered: Vec<RawEntry>) -> Vec<RawEntry> {
+    let asked: foldhash::HashSet<&str> = ids.iter().map(String::as_str).collect();
+    delivered
+        .into_iter()
+        .filter(|e| asked.contains(&*e.id))
+        .collect()
 }
 
 /// The parsed metadata of a cached record; `None` (and a warning) when it does not parse: the
@@ -563,6 +564,17 @@ mod tests {
         // Larger than the whole cache: not kept, nothing evicted for it.
         cache.insert(store, &[raw("huge", 1_000_000)]);
         assert_eq!(cache.status().entries, 3);
+    }
+
+    #[test]
+    fn only_entries_asked_for_are_filed() {
+        let asked = vec!["a".to_string(), "c".to_string()];
+        let delivered = vec![raw("a", 10), raw("b", 10), raw("c", 10), raw("d", 10)];
+        let kept: Vec<String> = only_asked(&asked, delivered)
+            .iter()
+            .map(|e| e.id.to_string())
+            .collect();
+        assert_eq!(kept, ["a", "c"]);
     }
 
     #[test]
