@@ -164,7 +164,7 @@ impl Metrics {
             ),
             cache_events: counter(
                 "syncrelay_cache_events_total",
-                "Edge cache hits, misses and evictions (entries)",
+                "Edge cache hits, misses and evictions (entries), and upstream fetches filling misses (requests)",
                 &["event"],
             ),
             cache_bytes: gauge(

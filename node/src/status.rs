@@ -94,4 +94,7 @@ pub struct CacheStatus {
     pub hits: u64,
     pub misses: u64,
     pub evictions: u64,
+    /// Upstream requests made to fill misses; concurrent misses for the same ids share one.
+    #[serde(default)]
+    pub upstream_fetches: u64,
 }

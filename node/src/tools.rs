@@ -194,9 +194,47 @@ pub fn render_status(s: &NodeStatus) -> String {
     }
     if let Some(c) = &s.cache {
         out += &format!(
-            "\ncache: {} entries, {} / {} bytes, {} hits, {} misses, {} evictions\n",
-            c.entries, c.bytes, c.max_bytes, c.hits, c.misses, c.evictions
+            "\ncache: {} entries, {} / {} bytes, {} hits, {} misses, {} evictions, {} upstream fetches\n",
+            c.entries, c.bytes, c.max_bytes, c.hits, c.misses, c.evictions, c.upstream_fetches
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_table_shows_the_cache_figures() {
+        let status: NodeStatus = serde_json::from_value(serde_json::json!({
+            "nodeId": "n1", "name": "edge-1", "role": "edge", "version": "0.1.0",
+            "chain": ["n0"], "ready": true, "links": [], "stores": [],
+            "cache": {"maxBytes": 1000, "bytes": 600, "entries": 3, "hits": 7, "misses": 3,
+                      "evictions": 1, "upstreamFetches": 2},
+            "entries": 0, "maxLag": 0, "queuedWrites": 0
+        }))
+        .unwrap();
+        let table = render_status(&status);
+        assert!(
+            table.starts_with("edge-1 (n1) role=edge ready=true"),
+            "{table}"
+        );
+        assert!(table.contains("chain: n0\n"), "{table}");
+        assert!(
+            table.contains(
+                "cache: 3 entries, 600 / 1000 bytes, 7 hits, 3 misses, 1 evictions, 2 upstream fetches"
+            ),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn cache_figures_of_a_node_without_the_fetch_count_still_read() {
+        let cache: crate::status::CacheStatus = serde_json::from_value(serde_json::json!({
+            "maxBytes": 1, "bytes": 0, "entries": 0, "hits": 0, "misses": 0, "evictions": 0
+        }))
+        .unwrap();
+        assert_eq!(cache.upstream_fetches, 0);
+    }
 }

@@ -191,6 +191,7 @@ async fn concurrent_misses_at_an_edge_make_one_upstream_request() {
     );
     let cache = &c.status(1).await["cache"];
     assert_eq!(cache["entries"], 40, "{cache}");
+    assert_eq!(cache["upstreamFetches"], 1, "{cache}");
     assert_eq!(
         cache["hits"].as_u64().unwrap() + cache["misses"].as_u64().unwrap(),
         20 * 40,

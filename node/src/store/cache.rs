@@ -204,11 +204,6 @@ impl EdgeCache {
             .set(bytes as i64);
     }
 
-    /// Upstream `getEntries` calls made to fill misses (for tests and benchmarks).
-    pub fn upstream_fetches(&self) -> u64 {
-        self.upstream_fetches.load(Ordering::Relaxed)
-    }
-
     pub fn status(&self) -> CacheStatus {
         let slots = self.slots.lock().expect("cache");
         CacheStatus {
@@ -218,6 +213,7 @@ impl EdgeCache {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
+            upstream_fetches: self.upstream_fetches.load(Ordering::Relaxed),
         }
     }
 
@@ -281,6 +277,11 @@ impl CachedStore {
             let ids = unclaimed.clone();
             let fetch = async move {
                 cache.upstream_fetches.fetch_add(1, Ordering::Relaxed);
+                cache
+                    .metrics
+                    .cache_events
+                    .with_label_values(&["upstream_fetch"])
+                    .inc();
                 // The remote store hands on only payloads that match their contentHash.
                 let result = remote.get_entries_raw(&ids).await.map(|delivered| {
                     let wanted = only_asked(&ids, delivered);
