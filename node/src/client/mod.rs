@@ -9,7 +9,7 @@ pub mod transport;
 pub use remote_store::RemoteStore;
 pub use session::{RemoteSession, SessionOptions};
 pub use transport::{
-    HttpTransport, Transport, TransportError, TransportRequest, TransportResponse,
+    Body, HttpTransport, Transport, TransportError, TransportRequest, TransportResponse,
 };
 
 /// Header carrying the ids of the nodes a request has passed through, so that a node refuses to

@@ -12,6 +12,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{broadcast, OnceCell};
 
 use super::session::RemoteSession;
+use super::transport::Body;
 use crate::bloom::BloomSummary;
 use rayon::prelude::*;
 
@@ -155,7 +156,9 @@ impl RemoteStore {
                 Bytes::from(writer.finish()),
             )
             .await?;
-        let r: PutEntriesResponse = self.session.decode("putEntriesBinary", &response.body)?;
+        let r: PutEntriesResponse = self
+            .session
+            .decode("putEntriesBinary", &response.body.to_bytes())?;
         Ok(PushOutcome {
             receipts: r.receipts,
             rejected: r.rejected,
@@ -183,11 +186,11 @@ impl RemoteStore {
             .session
             .post_bytes(self.id.kind, "scanEntriesSince", "application/json", body)
             .await?;
-        Ok(response.body)
+        Ok(response.body.to_bytes())
     }
 
     /// One `getEntriesBinary` request; the response body.
-    async fn post_binary(&self, ids: &[String]) -> Result<Bytes, StoreError> {
+    async fn post_binary(&self, ids: &[String]) -> Result<Body, StoreError> {
         let request = IdsRequest {
             db_id: Some(self.id.db_id.clone()),
             ids: ids.to_vec(),
@@ -206,7 +209,7 @@ impl RemoteStore {
         let session = self.session.clone();
         if caps.supports_binary_entries {
             let body = self.post_binary(ids).await?;
-            return blocking(move || decode_binary(&session, &body, parse_frame)).await;
+            return blocking(move || decode_binary(&session, body, parse_frame)).await;
         }
         let request = IdsRequest {
             db_id: Some(self.id.db_id.clone()),
@@ -259,12 +262,13 @@ type FrameFinish<T> = fn(Vec<u8>, Vec<u8>) -> Result<Option<T>, serde_json::Erro
 /// leaves the frame out).
 fn decode_binary<T: Send>(
     session: &RemoteSession,
-    body: &[u8],
+    body: Body,
     finish: FrameFinish<T>,
 ) -> Result<Vec<T>, StoreError> {
-    let framed = framing::decode(body).map_err(|e| transport_error(session, e))?;
+    let framed =
+        framing::decode_chunks(body.into_chunks()).map_err(|e| transport_error(session, e))?;
     let header: BinaryGetHeader =
-        serde_json::from_slice(framed.header).map_err(|e| transport_error(session, e))?;
+        serde_json::from_slice(&framed.header).map_err(|e| transport_error(session, e))?;
     let key = AesKey::new(
         &SessionKey::unwrap(
             &session.identity().encryption,
@@ -431,7 +435,7 @@ impl ContentAddressedStore for RemoteStore {
         for chunk in ids.chunks(GET_BATCH) {
             let body = self.post_binary(chunk).await?;
             let session = self.session.clone();
-            out.extend(blocking(move || decode_binary(&session, &body, raw_frame)).await?);
+            out.extend(blocking(move || decode_binary(&session, body, raw_frame)).await?);
         }
         Ok(out)
     }

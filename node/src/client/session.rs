@@ -118,7 +118,7 @@ impl RemoteSession {
                 Some(("application/json", body)),
             )
             .await?;
-        self.decode(op, &response.body)
+        self.decode(op, &response.body.to_bytes())
     }
 
     /// `POST` with a raw body (binary framing); the response is returned as is.
@@ -146,7 +146,7 @@ impl RemoteSession {
     ) -> Result<Resp, StoreError> {
         let path = format!("{}?{query}", self.sync_path(kind, op));
         let response = self.call(Method::Get, path, None).await?;
-        self.decode(op, &response.body)
+        self.decode(op, &response.body.to_bytes())
     }
 
     pub fn decode<Resp: DeserializeOwned>(
@@ -206,9 +206,11 @@ impl RemoteSession {
                     )
                     .await;
                 match response {
-                    Ok(r) if r.status == 200 => serde_json::from_slice::<ServerInfo>(&r.body)
-                        .map(|i| i.max_json_request_body_bytes)
-                        .unwrap_or(DEFAULT_BODY_LIMIT),
+                    Ok(r) if r.status == 200 => {
+                        serde_json::from_slice::<ServerInfo>(&r.body.to_bytes())
+                            .map(|i| i.max_json_request_body_bytes)
+                            .unwrap_or(DEFAULT_BODY_LIMIT)
+                    }
                     _ => DEFAULT_BODY_LIMIT,
                 }
             })
@@ -240,14 +242,10 @@ impl RemoteSession {
     }
 
     fn status_error(&self, response: &TransportResponse, status: u16) -> StoreError {
-        let message = serde_json::from_slice::<ErrorBody>(&response.body)
+        let body = response.body.to_bytes();
+        let message = serde_json::from_slice::<ErrorBody>(&body)
             .map(|b| b.error)
-            .unwrap_or_else(|_| {
-                String::from_utf8_lossy(&response.body)
-                    .chars()
-                    .take(200)
-                    .collect()
-            });
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).chars().take(200).collect());
         self.error(
             format!("HTTP {status}: {message}"),
             Some(status),
@@ -332,7 +330,7 @@ impl RemoteSession {
         if response.status != 200 {
             return Err(self.auth_error(&response));
         }
-        let challenge: ChallengeResponse = self.decode("challenge", &response.body)?;
+        let challenge: ChallengeResponse = self.decode("challenge", &response.body.to_bytes())?;
         let signature = self
             .options
             .identity
@@ -354,7 +352,8 @@ impl RemoteSession {
         if response.status != 200 {
             return Err(self.auth_error(&response));
         }
-        let answer: AuthenticateResponse = self.decode("authenticate", &response.body)?;
+        let answer: AuthenticateResponse =
+            self.decode("authenticate", &response.body.to_bytes())?;
         let value = answer.token.filter(|_| answer.success).ok_or_else(|| {
             self.error(
                 "authentication refused".into(),

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
@@ -42,7 +42,37 @@ pub struct TransportResponse {
     pub status: u16,
     pub content_type: String,
     pub retry_after_secs: Option<u64>,
-    pub body: Bytes,
+    pub body: Body,
+}
+
+/// A response body in the chunks the connection delivered: a binary decoder reads entries from
+/// them in place, so that a large body is not first copied into one buffer; [`Body::to_bytes`]
+/// joins them for a JSON parser (without a copy when there is one chunk).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Body(Vec<Bytes>);
+
+impl Body {
+    pub fn from_chunks(chunks: Vec<Bytes>) -> Self {
+        Body(chunks)
+    }
+
+    pub fn to_bytes(&self) -> Bytes {
+        match self.0.as_slice() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => {
+                let mut joined = BytesMut::with_capacity(many.iter().map(Bytes::len).sum());
+                for chunk in many {
+                    joined.extend_from_slice(chunk);
+                }
+                joined.freeze()
+            }
+        }
+    }
+
+    pub fn into_chunks(self) -> Vec<Bytes> {
+        self.0
+    }
 }
 
 #[async_trait]
@@ -133,7 +163,12 @@ impl Transport for HttpTransport {
         };
         let content_type = header("content-type").unwrap_or_default();
         let retry_after_secs = header("retry-after").and_then(|v| v.trim().parse().ok());
-        let body = response.bytes().await.map_err(unreachable)?;
+        let mut chunks = Vec::new();
+        let mut response = response;
+        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+            chunks.push(chunk);
+        }
+        let body = Body::from_chunks(chunks);
         Ok(TransportResponse {
             status,
             content_type,

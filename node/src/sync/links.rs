@@ -225,7 +225,7 @@ impl Link {
             .map_err(|e| LinkError::Transport(self.name.clone(), e.to_string()))?;
         // A plain MindooDB server has no /status and no chain: nothing to check against.
         let remote: Option<NodeStatus> = (response.status == 200)
-            .then(|| serde_json::from_slice(&response.body).ok())
+            .then(|| serde_json::from_slice(&response.body.to_bytes()).ok())
             .flatten();
         let mut h = self.health.lock().expect("health");
         h.chain_checked = Some(Instant::now());

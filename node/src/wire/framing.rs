@@ -7,6 +7,10 @@
 //! transport `iv` as one more field: [`with_iv`] writes it, [`split_iv`] takes it out again, both
 //! without parsing the rest of the object, so that a node passes stored or upstream metadata through.
 
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
 use super::b64;
 
 /// A decoded body: the header JSON bytes and each frame's `(metadata JSON, payload)`.
@@ -61,6 +65,88 @@ pub fn decode(body: &[u8]) -> Result<FramedBody<'_>, FramingError> {
         frames.push((meta, payload));
     }
     Ok(FramedBody { header, frames })
+}
+
+/// A decoded body that arrived in chunks (as a connection delivers it): the header JSON and each
+/// frame's `(metadata JSON, payload)`, shared slices of the chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkedFrames {
+    pub header: Bytes,
+    pub frames: Vec<(Bytes, Bytes)>,
+}
+
+/// Decodes a framed body from its chunks: a block inside one chunk is a shared slice of it, only
+/// a block that straddles chunks is copied. Refuses truncated lengths as [`decode`] does.
+pub fn decode_chunks(chunks: Vec<Bytes>) -> Result<ChunkedFrames, FramingError> {
+    let mut reader = ChunkReader::new(chunks);
+    let header = reader.block()?;
+    let mut frames = Vec::new();
+    while reader.remaining > 0 {
+        let meta = reader.block()?;
+        let payload = reader.block()?;
+        frames.push((meta, payload));
+    }
+    Ok(ChunkedFrames { header, frames })
+}
+
+struct ChunkReader {
+    chunks: VecDeque<Bytes>,
+    offset: usize,
+    remaining: usize,
+}
+
+impl ChunkReader {
+    fn new(chunks: Vec<Bytes>) -> Self {
+        let chunks: VecDeque<Bytes> = chunks.into_iter().filter(|c| !c.is_empty()).collect();
+        let remaining = chunks.iter().map(Bytes::len).sum();
+        ChunkReader {
+            chunks,
+            offset: 0,
+            remaining,
+        }
+    }
+
+    fn take(&mut self, len: usize) -> Result<Bytes, FramingError> {
+        if len > self.remaining {
+            return Err(FramingError::Truncated {
+                offset: self.offset,
+                needed: len,
+                available: self.remaining,
+            });
+        }
+        self.offset += len;
+        self.remaining -= len;
+        let mut joined: Option<BytesMut> = None;
+        let mut wanted = len;
+        while wanted > 0 {
+            let front = self
+                .chunks
+                .front_mut()
+                .expect("remaining counts the chunks' bytes");
+            let part = front.split_to(wanted.min(front.len()));
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+            wanted -= part.len();
+            match (&mut joined, wanted) {
+                // The whole block lies in one chunk: share it.
+                (None, 0) => return Ok(part),
+                (None, _) => {
+                    let mut buf = BytesMut::with_capacity(len);
+                    buf.extend_from_slice(&part);
+                    joined = Some(buf);
+                }
+                (Some(buf), _) => buf.extend_from_slice(&part),
+            }
+        }
+        Ok(joined.map(BytesMut::freeze).unwrap_or_default())
+    }
+
+    fn block(&mut self) -> Result<Bytes, FramingError> {
+        let len = self.take(4)?;
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        self.take(len)
+    }
 }
 
 /// Incremental encoder.
@@ -191,6 +277,78 @@ mod tests {
     use super::*;
     use crate::testdata;
     use crate::wire::b64;
+
+    /// `body` cut at every position in `cuts` (sorted, inside the body).
+    fn chunked(body: &[u8], cuts: &[usize]) -> Vec<Bytes> {
+        let mut chunks = Vec::new();
+        let mut at = 0;
+        for &cut in cuts.iter().chain([body.len()].iter()) {
+            chunks.push(Bytes::copy_from_slice(&body[at..cut]));
+            at = cut;
+        }
+        chunks
+    }
+
+    #[test]
+    fn chunked_bodies_decode_as_the_whole_body_does() {
+        let mut writer = FrameWriter::new(b"{\"format\":\"x\"}", 64);
+        writer.push(b"{\"id\":\"a\"}", b"payload-a");
+        writer.push(b"{\"id\":\"b\"}", b"");
+        writer.push(b"{\"id\":\"c\"}", &[7u8; 300]);
+        let body = writer.finish();
+        let whole = decode(&body).unwrap();
+        let expected = |framed: &ChunkedFrames| {
+            assert_eq!(framed.header.as_ref(), whole.header);
+            let frames: Vec<(&[u8], &[u8])> = framed
+                .frames
+                .iter()
+                .map(|(m, p)| (m.as_ref(), p.as_ref()))
+                .collect();
+            assert_eq!(frames, whole.frames);
+        };
+        // One chunk, a cut at every position, and cuts everywhere (1-byte chunks, empty ones).
+        expected(&decode_chunks(vec![Bytes::from(body.clone())]).unwrap());
+        for cut in 1..body.len() {
+            expected(&decode_chunks(chunked(&body, &[cut])).unwrap());
+        }
+        let everywhere: Vec<usize> = (0..=body.len()).collect();
+        expected(&decode_chunks(chunked(&body, &everywhere)).unwrap());
+        // A block inside one chunk shares it; one straddling two chunks is joined.
+        let one = Bytes::from(body.clone());
+        let start = one.as_ptr() as usize;
+        let shared = decode_chunks(vec![one.clone()]).unwrap();
+        let payload_c = shared.frames[2].1.as_ptr() as usize;
+        assert!(payload_c > start && payload_c < start + body.len());
+        let straddling = decode_chunks(chunked(&body, &[body.len() - 100])).unwrap();
+        assert_eq!(straddling.frames[2].1.as_ref(), &[7u8; 300][..]);
+    }
+
+    #[test]
+    fn truncated_chunked_bodies_are_refused() {
+        let mut writer = FrameWriter::new(b"{}", 16);
+        writer.push(b"{}", b"0123456789");
+        let body = writer.finish();
+        // Every prefix decodes (a header alone is a body without frames) or fails as the
+        // whole-body decoder does, with the same offsets.
+        let mut refused = 0;
+        for end in 1..body.len() {
+            let cut = &body[..end];
+            let chunks = chunked(cut, &[end / 2]);
+            match decode(cut) {
+                Ok(whole) => {
+                    let framed = decode_chunks(chunks).unwrap();
+                    assert_eq!(framed.header.as_ref(), whole.header);
+                    assert_eq!(framed.frames.len(), whole.frames.len());
+                }
+                Err(e) => {
+                    assert_eq!(decode_chunks(chunks).unwrap_err(), e, "{end} bytes");
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(refused, body.len() - 2, "all but the header-only prefix");
+        assert!(decode_chunks(Vec::new()).is_err(), "no header");
+    }
 
     #[test]
     fn decodes_and_reencodes_reference_bodies() {
