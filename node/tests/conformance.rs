@@ -607,6 +607,34 @@ async fn cursor_paging_bloom_and_transport_formats() {
         .unwrap();
         assert_eq!(plain, payload_of(meta["id"].as_str().unwrap()));
     }
+    // A large binary response (written in many buffers) has its exact length announced and
+    // carries every entry asked for, in order.
+    let many: Vec<&str> = ids.iter().take(1000).map(String::as_str).collect();
+    let bin = c
+        .sync("getEntriesBinary", json!({"dbId": DB, "ids": many}))
+        .await;
+    assert!(bin.body.len() > 1_000_000, "{} bytes", bin.body.len());
+    assert_eq!(
+        bin.headers["content-length"].to_str().unwrap(),
+        bin.body.len().to_string()
+    );
+    assert!(bin.headers.get("transfer-encoding").is_none());
+    let framed = framing::decode(&bin.body).unwrap();
+    let header: Value = serde_json::from_slice(framed.header).unwrap();
+    let key = SessionKey::unwrap(
+        &alice.encryption,
+        &b64::decode(header["wrappedSessionKey"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    let mut order = Vec::new();
+    for (meta, payload) in framed.frames {
+        let meta: Value = serde_json::from_slice(meta).unwrap();
+        let id = meta["id"].as_str().unwrap().to_string();
+        let iv = b64::decode(meta["iv"].as_str().unwrap()).unwrap();
+        assert_eq!(aes_decrypt(&key, &iv, payload).unwrap(), payload_of(&id));
+        order.push(id);
+    }
+    assert_eq!(order, many);
     // Bob's response is wrapped to bob's key: alice cannot open it.
     let mut bob = node.client();
     bob.login("bob").await;

@@ -152,13 +152,46 @@ impl ChunkReader {
 /// Incremental encoder.
 pub struct FrameWriter {
     buf: Vec<u8>,
+    /// Set by [`FrameWriter::chunked`]: the size at which the buffer is handed on as a chunk.
+    chunk: Option<usize>,
+    done: Vec<Bytes>,
 }
 
 impl FrameWriter {
     pub fn new(header: &[u8], capacity: usize) -> Self {
         let mut buf = Vec::with_capacity(capacity + 4 + header.len());
         push_block(&mut buf, header);
-        FrameWriter { buf }
+        FrameWriter {
+            buf,
+            chunk: None,
+            done: Vec::new(),
+        }
+    }
+
+    /// A writer that hands the body on in chunks of about `chunk` bytes (whole frames each, the
+    /// last smaller), [`FrameWriter::finish_chunks`]: a large response is written into buffers
+    /// the allocator reuses instead of one fresh buffer of its whole size.
+    pub fn chunked(header: &[u8], chunk: usize) -> Self {
+        let mut writer = FrameWriter::new(header, chunk);
+        writer.chunk = Some(chunk);
+        writer
+    }
+
+    fn end_frame(&mut self) {
+        if let Some(chunk) = self.chunk {
+            if self.buf.len() >= chunk {
+                let full = std::mem::replace(&mut self.buf, Vec::with_capacity(chunk + 4096));
+                self.done.push(full.into());
+            }
+        }
+    }
+
+    /// The body's chunks, in order (see [`FrameWriter::chunked`]).
+    pub fn finish_chunks(mut self) -> Vec<Bytes> {
+        if !self.buf.is_empty() {
+            self.done.push(self.buf.into());
+        }
+        self.done
     }
 
     pub fn push(&mut self, meta: &[u8], payload: &[u8]) {
@@ -190,9 +223,14 @@ impl FrameWriter {
             payload_len,
             "a frame's payload must be as long as announced"
         );
+        self.end_frame();
     }
 
     pub fn finish(self) -> Vec<u8> {
+        assert!(
+            self.done.is_empty(),
+            "a chunked writer ends with finish_chunks"
+        );
         self.buf
     }
 }
@@ -321,6 +359,34 @@ mod tests {
         assert!(payload_c > start && payload_c < start + body.len());
         let straddling = decode_chunks(chunked(&body, &[body.len() - 100])).unwrap();
         assert_eq!(straddling.frames[2].1.as_ref(), &[7u8; 300][..]);
+    }
+
+    #[test]
+    fn a_chunked_writer_writes_the_same_body_in_whole_frames() {
+        let write = |writer: &mut FrameWriter| {
+            for n in 0..50u8 {
+                let meta = format!("{{\"id\":\"e{n}\"}}");
+                writer.push_in_place(&[n; 12], meta.as_bytes(), 100 + n as usize, |buf| {
+                    buf.extend(std::iter::repeat_n(n, 100 + n as usize))
+                });
+            }
+        };
+        let mut whole = FrameWriter::new(b"{}", 0);
+        write(&mut whole);
+        let whole = whole.finish();
+        let mut chunked = FrameWriter::chunked(b"{}", 1000);
+        write(&mut chunked);
+        let chunks = chunked.finish_chunks();
+        assert!(chunks.len() > 5);
+        assert_eq!(chunks.concat(), whole);
+        let (last, full) = chunks.split_last().unwrap();
+        assert!(full.iter().all(|c| c.len() >= 1000) && !last.is_empty());
+        // Each chunk after the first starts with a frame: the chunks decode one by one.
+        for chunk in &chunks[1..] {
+            let mut framed_alone = vec![0, 0, 0, 0];
+            framed_alone.extend_from_slice(chunk);
+            assert!(decode(&framed_alone).is_ok());
+        }
     }
 
     #[test]
