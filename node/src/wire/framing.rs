@@ -172,15 +172,17 @@ impl FrameWriter {
     /// last smaller), [`FrameWriter::finish_chunks`]: a large response is written into buffers
     /// the allocator reuses instead of one fresh buffer of its whole size.
     pub fn chunked(header: &[u8], chunk: usize) -> Self {
-        let mut writer = FrameWriter::new(header, chunk);
+        let mut writer = FrameWriter::new(header, chunk_capacity(chunk));
         writer.chunk = Some(chunk);
         writer
     }
 
+    /// Hands the buffer on as a chunk once it is full (chunked writers only).
     fn end_frame(&mut self) {
         if let Some(chunk) = self.chunk {
             if self.buf.len() >= chunk {
-                let full = std::mem::replace(&mut self.buf, Vec::with_capacity(chunk + 4096));
+                let full =
+                    std::mem::replace(&mut self.buf, Vec::with_capacity(chunk_capacity(chunk)));
                 self.done.push(full.into());
             }
         }
@@ -197,6 +199,7 @@ impl FrameWriter {
     pub fn push(&mut self, meta: &[u8], payload: &[u8]) {
         push_block(&mut self.buf, meta);
         push_block(&mut self.buf, payload);
+        self.end_frame();
     }
 
     /// Pushes a frame written in place: its metadata JSON with `iv` spliced in (as [`with_iv`]),
@@ -233,6 +236,11 @@ impl FrameWriter {
         );
         self.buf
     }
+}
+
+/// A chunk buffer's capacity: the chunk size and room for the frame that crosses it.
+fn chunk_capacity(chunk: usize) -> usize {
+    chunk + 4096
 }
 
 fn push_block(buf: &mut Vec<u8>, block: &[u8]) {
@@ -364,11 +372,17 @@ mod tests {
     #[test]
     fn a_chunked_writer_writes_the_same_body_in_whole_frames() {
         let write = |writer: &mut FrameWriter| {
+            // Frames pushed both ways, so that both hand full buffers on.
             for n in 0..50u8 {
                 let meta = format!("{{\"id\":\"e{n}\"}}");
-                writer.push_in_place(&[n; 12], meta.as_bytes(), 100 + n as usize, |buf| {
-                    buf.extend(std::iter::repeat_n(n, 100 + n as usize))
-                });
+                let payload = vec![n; 100 + n as usize];
+                if n % 2 == 0 {
+                    writer.push(&with_iv(&[n; 12], meta.as_bytes()), &payload);
+                } else {
+                    writer.push_in_place(&[n; 12], meta.as_bytes(), payload.len(), |buf| {
+                        buf.extend_from_slice(&payload)
+                    });
+                }
             }
         };
         let mut whole = FrameWriter::new(b"{}", 0);
@@ -381,12 +395,18 @@ mod tests {
         assert_eq!(chunks.concat(), whole);
         let (last, full) = chunks.split_last().unwrap();
         assert!(full.iter().all(|c| c.len() >= 1000) && !last.is_empty());
-        // Each chunk after the first starts with a frame: the chunks decode one by one.
-        for chunk in &chunks[1..] {
-            let mut framed_alone = vec![0, 0, 0, 0];
+        // Each chunk holds whole frames (those after the first decode alone, behind an empty
+        // header) and is handed on at the first frame that reaches the chunk size.
+        for (i, chunk) in full.iter().enumerate() {
+            let mut framed_alone = if i == 0 { Vec::new() } else { vec![0; 4] };
             framed_alone.extend_from_slice(chunk);
-            assert!(decode(&framed_alone).is_ok());
+            let frames = decode(&framed_alone).unwrap().frames;
+            let (meta, payload) = frames.last().unwrap();
+            assert!(chunk.len() - frame_size(meta.len(), payload.len()) < 1000);
         }
+        let mut framed_alone = vec![0; 4];
+        framed_alone.extend_from_slice(last);
+        assert!(decode(&framed_alone).is_ok());
     }
 
     #[test]
