@@ -272,9 +272,15 @@ impl CachedStore {
             }
         }
         if !unclaimed.is_empty() {
+            let keys: Vec<Key> = unclaimed
+                .iter()
+                .map(|id| Key {
+                    store,
+                    id: id.as_str().into(),
+                })
+                .collect();
             let remote = self.remote.clone();
             let cache = self.cache.clone();
-            let ids = unclaimed.clone();
             let fetch = async move {
                 cache.upstream_fetches.fetch_add(1, Ordering::Relaxed);
                 cache
@@ -283,15 +289,15 @@ impl CachedStore {
                     .with_label_values(&["upstream_fetch"])
                     .inc();
                 // The remote store hands on only payloads that match their contentHash.
-                let result = remote.get_entries_raw(&ids).await.map(|delivered| {
-                    let wanted = only_asked(&ids, delivered);
+                let result = remote.get_entries_raw(&unclaimed).await.map(|delivered| {
+                    let wanted = only_asked(&unclaimed, delivered);
                     cache.insert(store, &wanted);
                     wanted
                 });
                 // Released only after the cache holds the entries, so that a request arriving now
                 // finds them in one place or the other.
                 let mut in_flight = cache.in_flight.lock().expect("in flight");
-                for id in &ids {
+                for id in &unclaimed {
                     let key: &dyn KeyParts = &(store, id.as_str());
                     in_flight.remove(key);
                 }
@@ -301,11 +307,7 @@ impl CachedStore {
             }
             .boxed()
             .shared();
-            for id in unclaimed {
-                let key = Key {
-                    store,
-                    id: id.into(),
-                };
+            for key in keys {
                 in_flight.insert(key, fetch.clone());
             }
             flights.push(fetch);
