@@ -212,8 +212,9 @@ pub trait ContentAddressedStore: Send + Sync {
         limit: usize,
         filters: &ScanFilters,
     ) -> Result<Bytes, StoreError> {
-        let page = self.scan_entries_since(cursor, limit, filters).await?;
-        Ok(serde_json::to_vec(&page).expect("a page serialises").into())
+        Ok(page_json(
+            &self.scan_entries_since(cursor, limit, filters).await?,
+        ))
     }
 
     async fn get_store_head(&self) -> Result<StoreHead, StoreError>;
@@ -356,6 +357,11 @@ pub fn check_payload(entry: &Entry) -> Result<(), StoreError> {
         });
     }
     Ok(())
+}
+
+/// A scan page as its wire JSON.
+pub(crate) fn page_json(page: &ScanPage) -> Bytes {
+    serde_json::to_vec(page).expect("a page serialises").into()
 }
 
 /// Assembles a scan page: `nextCursor` is the last returned entry, or the request cursor echoed as

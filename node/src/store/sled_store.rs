@@ -704,8 +704,9 @@ impl ContentAddressedStore for SledStore {
         filters: &ScanFilters,
     ) -> Result<bytes::Bytes, StoreError> {
         if !filters.is_empty() {
-            let page = self.scan_entries_since(cursor, limit, filters).await?;
-            return Ok(serde_json::to_vec(&page).expect("a page serialises").into());
+            return Ok(super::page_json(
+                &self.scan_entries_since(cursor, limit, filters).await?,
+            ));
         }
         let _gate = self.reanchor_gate.read().await;
         let (records, has_more) = self.scan_records(cursor, limit, |_, ro, id, raw| {
