@@ -3,7 +3,11 @@
 //!
 //! 1. initial pull of ENTRIES 1 KiB entries by a client: directly from the origin vs. through
 //!    origin → relay → edge once the relay is warm (its copy complete, the nodes idle; the edge
-//!    cache cold), alternated three times; the ratio is the one of the medians;
+//!    cache cold), alternated three times; the ratio is the one of the medians. Measured twice:
+//!    with every process sharing the machine's cores (the chain's three busy processes then
+//!    compete for them, so the ratio is one of CPU sums), and with each process (client and
+//!    nodes) held to CPU_SHARE cores of its own (default 0.6; cgroup quotas, needs root), as when
+//!    each hop runs on its own machine and the hops pipeline;
 //! 2. idle re-sync of the warm relay: requests per direction and response bytes;
 //! 3. edge `getEntries` of 250 entries: cache miss vs. hit latency;
 //! 4. 50 clients asking the edge for the same 250 missing entries at once: upstream requests;
@@ -11,12 +15,14 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod cpu_shares;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
 use common::*;
+use cpu_shares::CpuShares;
 use syncrelay_node::client::{HttpTransport, RemoteSession, RemoteStore, SessionOptions};
 use syncrelay_node::store::memory::MemoryStore;
 use syncrelay_node::store::ContentAddressedStore;
@@ -107,6 +113,77 @@ fn rss_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Initial pulls directly from the origin and through the chain, alternated three times, with
+/// the CPU seconds of each process (client, origin, relay, edge) during the last of each kind.
+struct Comparison {
+    direct: Vec<f64>,
+    chained: Vec<f64>,
+    cpu_direct: [f64; 4],
+    cpu_chained: [f64; 4],
+}
+
+async fn compare(c: &Cluster, total: usize, pids: [u32; 4]) -> Comparison {
+    let cpu = || pids.map(cpu_secs);
+    let mut out = Comparison {
+        direct: Vec::new(),
+        chained: Vec::new(),
+        cpu_direct: [0.0; 4],
+        cpu_chained: [0.0; 4],
+    };
+    for _ in 0..3 {
+        let before = cpu();
+        let (rate, n) = pull_rate(&as_user(&c.url(0), "bob", "bench")).await;
+        assert_eq!(n, total as u64);
+        out.direct.push(rate);
+        let after = cpu();
+        out.cpu_direct = std::array::from_fn(|i| after[i] - before[i]);
+        let (rate, n) = pull_rate(&as_user(&c.url(2), "bob", "bench")).await;
+        assert_eq!(n, total as u64);
+        out.chained.push(rate);
+        let end = cpu();
+        out.cpu_chained = std::array::from_fn(|i| end[i] - after[i]);
+    }
+    out
+}
+
+impl Comparison {
+    fn print(&self, setting: &str) {
+        let runs = |v: &[f64]| v.iter().map(|r| r.round()).collect::<Vec<_>>();
+        println!("  initial pulls, {setting}:");
+        println!(
+            "    direct from origin                {:>9.0} entries/s (median of {:?})",
+            median(&self.direct),
+            runs(&self.direct)
+        );
+        println!(
+            "    origin→relay→edge                 {:>9.0} entries/s (median of {:?}; edge cache cold, 64 MiB < data)",
+            median(&self.chained),
+            runs(&self.chained)
+        );
+        println!(
+            "    ratio chain / direct              {:>9.2} of the medians; per pair {:?}   (goal ≥ 0.8)",
+            median(&self.chained) / median(&self.direct),
+            self.direct
+                .iter()
+                .zip(&self.chained)
+                .map(|(d, c)| (c / d * 100.0).round() / 100.0)
+                .collect::<Vec<_>>()
+        );
+        for (label, secs) in [("direct", self.cpu_direct), ("chain ", self.cpu_chained)] {
+            println!(
+                "    CPU seconds of the last {label} pull: client {:.2}, origin {:.2}, relay {:.2}, edge {:.2}",
+                secs[0], secs[1], secs[2], secs[3]
+            );
+        }
+    }
+}
+
 fn main() {
     tokio::runtime::Runtime::new().unwrap().block_on(run());
 }
@@ -159,7 +236,8 @@ async fn run() {
 
     // 1. direct vs through the chain (edge cache cold), alternated three times, once the nodes
     //    are idle (the relay's catch-up leaves sled work behind that would slow the first pull).
-    //    CPU seconds of each process (the client is this one) are recorded per pull.
+    //    CPU seconds of each process (the client is this one) are recorded per pull. Then the
+    //    same with each process held to a CPU share of its own.
     let pids = [std::process::id(), c.pid(0), c.pid(1), c.pid(2)];
     let cpu = || pids.map(cpu_secs);
     let settle = Instant::now() + Duration::from_secs(60);
@@ -171,29 +249,22 @@ async fn run() {
             break;
         }
     }
-    let mut direct = Vec::new();
-    let mut chained = Vec::new();
-    let mut cpu_direct = [0.0; 4];
-    let mut cpu_chained = [0.0; 4];
-    for _ in 0..3 {
-        let before = cpu();
-        let (rate, n) = pull_rate(&as_user(&c.url(0), "bob", "bench")).await;
-        assert_eq!(n, total as u64);
-        direct.push(rate);
-        let after = cpu();
-        cpu_direct = std::array::from_fn(|i| after[i] - before[i]);
-        let (rate, n) = pull_rate(&as_user(&c.url(2), "bob", "bench")).await;
-        assert_eq!(n, total as u64);
-        chained.push(rate);
-        let end = cpu();
-        cpu_chained = std::array::from_fn(|i| end[i] - after[i]);
-    }
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[v.len() / 2]
+    let shared = compare(&c, total, pids).await;
+    let cores: f64 = std::env::var("CPU_SHARE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.6);
+    let held = match CpuShares::apply(&pids, cores) {
+        Ok(shares) => {
+            let held = compare(&c, total, pids).await;
+            drop(shares);
+            Some(held)
+        }
+        Err(why) => {
+            eprintln!("pulls with a CPU share per process not measured: {why}");
+            None
+        }
     };
-    let runs = |v: &[f64]| v.iter().map(|r| r.round()).collect::<Vec<_>>();
     let edge_rss_after_pull = rss_mib(c.pid(2));
 
     // 2. idle re-sync of the warm relay: count requests at the origin over passes with no news.
@@ -267,30 +338,12 @@ async fn run() {
     let edge_rss = rss_mib(c.pid(2));
 
     println!("chain benchmark, {total} entries of 1 KiB, one run on this machine");
-    println!(
-        "  initial pull, direct from origin      {:>9.0} entries/s (median of {:?})",
-        median(&direct),
-        runs(&direct)
-    );
-    println!(
-        "  initial pull, origin→relay→edge       {:>9.0} entries/s (median of {:?}; edge cache cold, 64 MiB < data)",
-        median(&chained),
-        runs(&chained)
-    );
-    println!(
-        "  ratio chain / direct                  {:>9.2} of the medians; per pair {:?}   (goal ≥ 0.8)",
-        median(&chained) / median(&direct),
-        direct
-            .iter()
-            .zip(&chained)
-            .map(|(d, c)| (c / d * 100.0).round() / 100.0)
-            .collect::<Vec<_>>()
-    );
-    for (label, secs) in [("direct", cpu_direct), ("chain ", cpu_chained)] {
-        println!(
-            "  CPU seconds of the last {label} pull: client {:.2}, origin {:.2}, relay {:.2}, edge {:.2}",
-            secs[0], secs[1], secs[2], secs[3]
-        );
+    shared.print("all processes sharing this machine's cores");
+    match &held {
+        Some(held) => held.print(&format!(
+            "each process held to {cores} CPU (cgroup quota), as if on a machine of its own"
+        )),
+        None => println!("  (pulls with a CPU share per process not measured: see stderr)"),
     }
     println!(
         "  idle relay, 3 s (~10 passes at 300 ms): {heads} getStoreHead at the origin (one per direction per pass), {work} scan/has/get requests; head response body {head_body} B"
