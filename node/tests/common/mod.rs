@@ -262,8 +262,20 @@ impl Client {
 
 /// A signed (v2 + legacy) doc entry by `author`, like the reference client writes.
 pub fn signed_entry(author: &str, doc: &str, n: usize, payload_len: usize) -> Entry {
+    // Distinct per (doc, n), as real ciphertexts are (each has a random IV): stores keep one copy
+    // per distinct payload, so repeating payloads would make reads hit a few hot ones.
+    let mut state = doc.bytes().fold(n as u64 ^ 0x9E37_79B9_7F4A_7C15, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01B3)
+    });
     let payload: Vec<u8> = (0..payload_len)
-        .map(|i| ((i * 31 + n * 7) % 251) as u8)
+        .map(|_| {
+            // splitmix64
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            (z ^ (z >> 31)) as u8
+        })
         .collect();
     signed_payload_entry(author, doc, n, payload)
 }
