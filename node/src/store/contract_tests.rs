@@ -91,6 +91,10 @@ async fn contract(store: &dyn ContentAddressedStore) {
     let stats = store.stats().await.unwrap();
     assert_eq!(stats.entries, 3);
     assert_eq!(stats.payload_bytes, 4 + 5);
+    let shared = store.get_entries(&["a".into(), "b".into()]).await.unwrap();
+    assert!(shared.iter().all(|e| e.encrypted_data == b"same"));
+    let shared = store.get_entries_raw(&["a".into()]).await.unwrap();
+    assert_eq!(shared[0].encrypted_data.as_ref(), b"same");
 
     let got = store
         .get_entries(&["c".into(), "zz".into(), "b".into()])
@@ -292,7 +296,7 @@ async fn paging_across_batches(store: &dyn ContentAddressedStore) {
     raw_scans_are_the_typed_pages(store).await;
 }
 
-fn receipt_for(id: &str, doc: &str, payload: &[u8], at: i64) -> EntryMetadata {
+pub(crate) fn receipt_for(id: &str, doc: &str, payload: &[u8], at: i64) -> EntryMetadata {
     let mut m = entry(id, doc, &[], "doc_create", payload).metadata;
     m.received_at = Some(at);
     m.received_by_public_key = Some("W".into());

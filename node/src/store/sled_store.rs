@@ -2,11 +2,23 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `m` id | `u64be receiptOrder` ‖ metadata JSON (the wire record; its receiptOrder is the prefix) |
+//! | `m` id | the entry's record, in one of two forms (below) |
 //! | `o` `u64be first receiptOrder` | the ids of one batch, in receiptOrder order (see [`IdList`]); an entry re-anchored later (a witness receipt applied) leaves an empty id in its old place |
 //! | `d` `u32be len(docId)` docId `u64be first receiptOrder` | the ids of that document in that batch |
-//! | `p` contentHash | payload bytes, once per distinct hash |
+//! | `q` contentHash | the id of the record holding that payload inline |
+//! | `p` contentHash | payload bytes (written by layout 2 only, still read) |
 //! | `s:epoch`, `s:max`, `s:count`, `s:bytes`, `s:format` | store state |
+//!
+//! Payload bytes are stored once per contentHash, inside the record of the first entry that brought
+//! them, so that serving an entry is one lookup that needs no parsing to find its payload:
+//! - *inline*: `u64be receiptOrder` ‖ `u32be len(JSON)` ‖ metadata JSON ‖ payload bytes;
+//! - *shared*: `u64be receiptOrder` ‖ metadata JSON, the payload held by the record `q` names (or,
+//!   written by layout 2, under `p`).
+//!
+//! The JSON is the wire record without its receiptOrder, which is the prefix. The forms are told
+//! apart by byte 8: `{` starts a shared record's JSON, and as the top byte of an inline record's
+//! length it would mean a 2 GB record. Layout 2 wrote only shared records with `p` payloads, so a
+//! store of layout 2 is read as it is and re-stamped 3 on open.
 //!
 //! The scan and document indexes hold one key per *batch* rather than per entry: every sled key costs
 //! about as much to write as a whole 1 KiB record, and a batch's entries get consecutive
@@ -20,10 +32,12 @@
 //! order without gaps.
 
 use std::collections::HashSet;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use rayon::prelude::*;
 use tokio::sync::broadcast;
 
@@ -42,8 +56,12 @@ const MAX: &[u8] = b"s:max";
 const COUNT: &[u8] = b"s:count";
 const BYTES: &[u8] = b"s:bytes";
 const FORMAT: &[u8] = b"s:format";
-/// Version of the key layout above; a store written with another layout is refused at open.
-const FORMAT_VERSION: &[u8] = b"2";
+/// Version of the key layout above; a store written with another layout (except 2, whose records
+/// this one reads) is refused at open.
+const FORMAT_VERSION: &[u8] = b"3";
+const READABLE_FORMAT: &[u8] = b"2";
+/// Present in a store first written with layout 2.
+const LAYOUT_2: &[u8] = b"s:layout2";
 
 fn meta_key(id: &str) -> Vec<u8> {
     [b"m", id.as_bytes()].concat()
@@ -131,6 +149,40 @@ fn payload_key(hash: &str) -> Vec<u8> {
     [b"p", hash.as_bytes()].concat()
 }
 
+fn holder_key(hash: &str) -> Vec<u8> {
+    [b"q", hash.as_bytes()].concat()
+}
+
+/// An inline record: `receiptOrder` (patched in later by writers that number under the write
+/// lock) ‖ the JSON's length ‖ metadata JSON ‖ payload.
+fn encode_inline(ro: u64, json: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut record = Vec::with_capacity(12 + json.len() + payload.len());
+    record.extend_from_slice(&ro.to_be_bytes());
+    record.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    record.extend_from_slice(json);
+    record.extend_from_slice(payload);
+    record
+}
+
+/// A shared record: `receiptOrder` ‖ metadata JSON; its payload is held elsewhere.
+fn encode_shared(ro: u64, json: &[u8]) -> Vec<u8> {
+    [&ro.to_be_bytes()[..], json].concat()
+}
+
+/// Where a stored record's metadata JSON is, and its payload when inline (`None` for a shared
+/// record); `None` when the value is malformed.
+fn record_parts(raw: &[u8]) -> Option<(Range<usize>, Option<Range<usize>>)> {
+    if raw.len() < 10 {
+        return None;
+    }
+    if raw[8] == b'{' {
+        return Some((8..raw.len(), None));
+    }
+    let len = u32::from_be_bytes(raw.get(8..12)?.try_into().ok()?) as usize;
+    let end = 12usize.checked_add(len)?;
+    (raw.get(12) == Some(&b'{') && end <= raw.len()).then_some((12..end, Some(end..raw.len())))
+}
+
 fn read_u64(bytes: Option<sled::IVec>) -> u64 {
     bytes
         .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
@@ -144,13 +196,15 @@ pub fn tree_name(id: &StoreId) -> String {
 }
 
 /// An entry made ready for a batch outside the write lock: payload checked against its hash, record
-/// serialised with room for the receiptOrder prefix.
+/// encoded with room for the receiptOrder prefix.
 struct Prepared {
     id: String,
     doc_id: String,
     content_hash: String,
+    /// Inline; re-encoded shared when the store holds the payload already.
     record: Vec<u8>,
-    payload: Vec<u8>,
+    json: Range<usize>,
+    payload_len: u64,
 }
 
 fn prepare(entries: Vec<Entry>) -> Result<Vec<Prepared>, StoreError> {
@@ -160,14 +214,14 @@ fn prepare(entries: Vec<Entry>) -> Result<Vec<Prepared>, StoreError> {
             check_payload(&entry)?;
             let mut meta = entry.metadata;
             meta.receipt_order = None;
-            let mut record = vec![0; 8];
-            serde_json::to_writer(&mut record, &meta).expect("metadata serialises");
+            let json = serde_json::to_vec(&meta).expect("metadata serialises");
             Ok(Prepared {
                 id: meta.id,
                 doc_id: meta.doc_id,
                 content_hash: meta.content_hash,
-                record,
-                payload: entry.encrypted_data,
+                record: encode_inline(0, &json, &entry.encrypted_data),
+                json: 12..12 + json.len(),
+                payload_len: entry.encrypted_data.len() as u64,
             })
         })
         .collect()
@@ -182,12 +236,27 @@ struct Reader {
     store: Arc<str>,
 }
 
-/// A stored record (prefix ‖ JSON object) as wire JSON: `receiptOrder` spliced in as the first
-/// field, the rest the stored bytes.
-fn wire_json(ro: u64, raw: &[u8]) -> Vec<u8> {
-    let mut json = format!("{{\"receiptOrder\":{ro},").into_bytes();
-    json.extend_from_slice(&raw[9..]);
-    json
+/// A stored record's metadata JSON as wire JSON: `receiptOrder` spliced in as the first field, the
+/// rest the stored bytes.
+fn wire_json(ro: u64, json: &[u8]) -> Vec<u8> {
+    let mut wire = format!("{{\"receiptOrder\":{ro},").into_bytes();
+    wire.extend_from_slice(&json[1..]);
+    wire
+}
+
+/// A visible stored record: its receiptOrder, the value as stored and where its parts are.
+struct Record {
+    ro: u64,
+    raw: sled::IVec,
+    json: Range<usize>,
+    /// `None` for a shared record.
+    payload: Option<Range<usize>>,
+}
+
+impl Record {
+    fn json(&self) -> &[u8] {
+        &self.raw[self.json.clone()]
+    }
 }
 
 impl Reader {
@@ -205,63 +274,87 @@ impl Reader {
         }
     }
 
-    /// The visible stored record of `id`: its receiptOrder and the raw value (prefix ‖ JSON).
-    fn record(&self, id: &str) -> Result<Option<(u64, sled::IVec)>, StoreError> {
+    /// The visible stored record of `id`.
+    fn record(&self, id: &str) -> Result<Option<Record>, StoreError> {
         let Some(raw) = self.tree.get(meta_key(id)).map_err(|e| self.sled(e))? else {
             return Ok(None);
         };
-        if raw.len() < 10 || raw[8] != b'{' {
+        let Some((json, payload)) = record_parts(&raw) else {
             return Err(self.corrupt(format!("metadata of {id} is truncated")));
-        }
+        };
         let ro = u64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
-        Ok((ro <= self.visible).then_some((ro, raw)))
+        Ok((ro <= self.visible).then_some(Record {
+            ro,
+            raw,
+            json,
+            payload,
+        }))
     }
 
-    fn payload(&self, id: &str, content_hash: &str) -> Result<Vec<u8>, StoreError> {
-        Ok(self
-            .tree
-            .get(payload_key(content_hash))
-            .map_err(|e| self.sled(e))?
-            .ok_or_else(|| self.corrupt(format!("payload of {id} is missing")))?
-            .to_vec())
+    /// A record's payload, a view of the stored value when inline; a shared record's is found by
+    /// its `content_hash`: under `p` (layout 2), else in the record that `q` names.
+    fn payload(&self, id: &str, record: &Record, content_hash: &str) -> Result<Bytes, StoreError> {
+        if let Some(range) = &record.payload {
+            return Ok(Bytes::from_owner(record.raw.clone()).slice(range.clone()));
+        }
+        let get = |key: Vec<u8>| self.tree.get(key).map_err(|e| self.sled(e));
+        if let Some(stored) = get(payload_key(content_hash))? {
+            return Ok(Bytes::from_owner(stored));
+        }
+        let missing = || self.corrupt(format!("payload of {id} is missing"));
+        let holder = get(holder_key(content_hash))?.ok_or_else(missing)?;
+        // The holder came first and payloads never change: its visibility does not matter.
+        let raw = get([&b"m"[..], &holder].concat())?.ok_or_else(missing)?;
+        match record_parts(&raw) {
+            Some((_, Some(range))) => Ok(Bytes::from_owner(raw).slice(range)),
+            _ => Err(missing()),
+        }
     }
 
     fn meta(&self, id: &str) -> Result<Option<EntryMetadata>, StoreError> {
-        let Some((ro, raw)) = self.record(id)? else {
+        let Some(record) = self.record(id)? else {
             return Ok(None);
         };
-        self.parse_meta(id, ro, &raw).map(Some)
+        self.parse_meta(id, record.ro, record.json()).map(Some)
     }
 
-    /// A stored record (prefix ‖ JSON) parsed, with its receiptOrder.
-    fn parse_meta(&self, id: &str, ro: u64, raw: &[u8]) -> Result<EntryMetadata, StoreError> {
-        let mut meta: EntryMetadata = serde_json::from_slice(&raw[8..])
+    /// A stored record's metadata JSON parsed, with its receiptOrder.
+    fn parse_meta(&self, id: &str, ro: u64, json: &[u8]) -> Result<EntryMetadata, StoreError> {
+        let mut meta: EntryMetadata = serde_json::from_slice(json)
             .map_err(|e| self.corrupt(format!("metadata of {id}: {e}")))?;
         meta.receipt_order = Some(ro);
         Ok(meta)
     }
 
-    /// The stored record as wire JSON: the receiptOrder prefix is spliced in as the first field,
-    /// the rest is the stored bytes; only the contentHash is parsed, to find the payload.
+    /// The stored record as wire JSON (the receiptOrder spliced in as the first field, the rest the
+    /// stored bytes) and its payload, neither parsed; only a shared record's contentHash is read,
+    /// to find its payload.
     fn raw_entry(&self, id: &str) -> Result<Option<RawEntry>, StoreError> {
-        let Some((ro, raw)) = self.record(id)? else {
+        let Some(record) = self.record(id)? else {
             return Ok(None);
         };
-        let keys: crate::wire::RecordKeys<'_> = serde_json::from_slice(&raw[8..])
-            .map_err(|e| self.corrupt(format!("metadata of {id}: {e}")))?;
+        let encrypted_data = match record.payload {
+            Some(_) => self.payload(id, &record, "")?,
+            None => {
+                let keys: crate::wire::RecordKeys<'_> = serde_json::from_slice(record.json())
+                    .map_err(|e| self.corrupt(format!("metadata of {id}: {e}")))?;
+                self.payload(id, &record, &keys.content_hash)?
+            }
+        };
         Ok(Some(RawEntry {
             id: id.into(),
-            metadata_json: wire_json(ro, &raw).into(),
-            encrypted_data: self.payload(id, &keys.content_hash)?.into(),
+            metadata_json: wire_json(record.ro, record.json()).into(),
+            encrypted_data,
         }))
     }
 
     fn entry(&self, id: &str) -> Result<Option<Entry>, StoreError> {
-        let Some(metadata) = self.meta(id)? else {
+        let Some(record) = self.record(id)? else {
             return Ok(None);
         };
+        let metadata = self.parse_meta(id, record.ro, record.json())?;
         Ok(Some(Entry {
-            encrypted_data: self.payload(id, &metadata.content_hash)?,
+            encrypted_data: self.payload(id, &record, &metadata.content_hash)?.to_vec(),
             metadata,
         }))
     }
@@ -274,6 +367,8 @@ pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
     epoch: String,
+    /// Written by layout 2: payloads may be under `p` too (checked at ingest for dedup).
+    has_layout_2: bool,
     write_lock: tokio::sync::Mutex<()>,
     /// Re-anchoring an entry (a receipt applied) moves it to a new receiptOrder that becomes visible
     /// only after its flush; in between it would be at neither place. Reads hold this shared, the
@@ -315,8 +410,25 @@ impl SledStore {
             }
         };
         let visible = read_u64(tree.get(MAX).map_err(err)?);
-        match tree.get(FORMAT).map_err(err)? {
+        let format = tree.get(FORMAT).map_err(err)?;
+        let has_layout_2 = match format {
+            Some(ref f) if f.as_ref() == FORMAT_VERSION => {
+                tree.get(LAYOUT_2).map_err(err)?.is_some()
+            }
+            Some(ref f) if f.as_ref() == READABLE_FORMAT => true,
+            _ => false,
+        };
+        match format {
             Some(f) if f.as_ref() == FORMAT_VERSION => {}
+            // Its records stay readable; the new stamp keeps older nodes, which cannot read the
+            // inline records written from now on, from opening it.
+            Some(f) if f.as_ref() == READABLE_FORMAT => {
+                let mut stamp = sled::Batch::default();
+                stamp.insert(FORMAT, FORMAT_VERSION);
+                stamp.insert(LAYOUT_2, &b"1"[..]);
+                tree.apply_batch(stamp).map_err(err)?;
+                db.flush().map_err(err)?;
+            }
             None if visible == 0 => {
                 tree.insert(FORMAT, FORMAT_VERSION).map_err(err)?;
             }
@@ -337,6 +449,7 @@ impl SledStore {
             db,
             tree,
             epoch,
+            has_layout_2,
             write_lock: tokio::sync::Mutex::new(()),
             reanchor_gate: tokio::sync::RwLock::new(()),
             visible: AtomicU64::new(visible),
@@ -444,8 +557,8 @@ impl SledStore {
     }
 
     /// Walks the visible records after `cursor` in scan order and keeps what `keep` makes of each
-    /// (`(receiptOrder, id, stored value)`; `None` skips it) until `limit` are kept; also whether
-    /// more follow. The caller holds the re-anchoring gate.
+    /// (`(receiptOrder, id, stored metadata JSON)`; `None` skips it) until `limit` are kept; also
+    /// whether more follow. The caller holds the re-anchoring gate.
     fn scan_records<T>(
         &self,
         cursor: Option<&ScanCursor>,
@@ -457,10 +570,10 @@ impl SledStore {
         let mut kept = Vec::new();
         for item in self.order_range(cursor) {
             let (_, id) = item?;
-            let Some((ro, raw)) = reader.record(&id)? else {
+            let Some(record) = reader.record(&id)? else {
                 return Err(self.corrupt(format!("order index names {id} without metadata")));
             };
-            let Some(value) = keep(&reader, ro, id, &raw)? else {
+            let Some(value) = keep(&reader, record.ro, id, record.json())? else {
                 continue;
             };
             if kept.len() == limit {
@@ -514,7 +627,6 @@ impl ContentAddressedStore for SledStore {
         let mut bytes = self.payload_bytes_total()?;
         let mut batch = sled::Batch::default();
         let mut inserted = Vec::new();
-        let mut batch_hashes = HashSet::new();
         let first = ro + 1;
         let mut batch_ids = IdList::default();
         let mut doc_ids: std::collections::BTreeMap<String, IdList> = Default::default();
@@ -522,28 +634,32 @@ impl ContentAddressedStore for SledStore {
         // What the store already holds, looked up on every core (the lock keeps writers out, and
         // the lookups are a sizeable share of a batch's time under it).
         let tree = &self.tree;
+        let layout_2 = self.has_layout_2;
         let held: Vec<(bool, bool)> = prepared
             .par_iter()
             .map(|entry| {
                 Ok((
                     tree.contains_key(meta_key(&entry.id))?,
-                    tree.contains_key(payload_key(&entry.content_hash))?,
+                    tree.contains_key(holder_key(&entry.content_hash))?
+                        || (layout_2 && tree.contains_key(payload_key(&entry.content_hash))?),
                 ))
             })
             .collect::<Result<_, sled::Error>>()
             .map_err(self.err())?;
+        let mut batch_hashes = HashSet::new();
         for (entry, (id_held, payload_held)) in prepared.into_iter().zip(held) {
             if id_held || seen.contains(&entry.id) {
                 continue;
             }
             ro += 1;
             count += 1;
-            let pkey = payload_key(&entry.content_hash);
-            if !payload_held && batch_hashes.insert(entry.content_hash) {
-                bytes += entry.payload.len() as u64;
-                batch.insert(pkey, entry.payload);
-            }
-            let mut record = entry.record;
+            let mut record = if !payload_held && batch_hashes.insert(entry.content_hash.clone()) {
+                bytes += entry.payload_len;
+                batch.insert(holder_key(&entry.content_hash), entry.id.as_bytes());
+                entry.record
+            } else {
+                encode_shared(0, &entry.record[entry.json.clone()])
+            };
             record[..8].copy_from_slice(&ro.to_be_bytes());
             batch.insert(meta_key(&entry.id), record);
             batch_ids.push(&entry.id);
@@ -586,15 +702,14 @@ impl ContentAddressedStore for SledStore {
             if moved.contains(&receipt.id) {
                 continue;
             }
-            let Some(stored) = reader.meta(&receipt.id)? else {
+            let Some(found) = reader.record(&receipt.id)? else {
                 continue;
             };
+            let stored = reader.parse_meta(&receipt.id, found.ro, found.json())?;
             let Some(mut record) = super::with_receipt(&stored, receipt) else {
                 continue;
             };
-            let old_ro = stored
-                .receipt_order
-                .expect("a stored record has a receiptOrder");
+            let old_ro = found.ro;
             let (key, list) = match self
                 .tree
                 .range(batch_key(0)..=batch_key(old_ro))
@@ -633,8 +748,12 @@ impl ContentAddressedStore for SledStore {
 
             ro += 1;
             record.receipt_order = None;
-            let mut value = ro.to_be_bytes().to_vec();
-            serde_json::to_writer(&mut value, &record).expect("metadata serialises");
+            let json = serde_json::to_vec(&record).expect("metadata serialises");
+            // The record keeps its form: records sharing its payload may point at it.
+            let value = match &found.payload {
+                Some(payload) => encode_inline(ro, &json, &found.raw[payload.clone()]),
+                None => encode_shared(ro, &json),
+            };
             batch.insert(meta_key(&record.id), value);
             batch_ids.push(&record.id);
             doc_ids.entry(record.doc_id).or_default().push(&record.id);
@@ -689,8 +808,8 @@ impl ContentAddressedStore for SledStore {
         filters: &ScanFilters,
     ) -> Result<ScanPage, StoreError> {
         let _gate = self.reanchor_gate.read().await;
-        let (entries, has_more) = self.scan_records(cursor, limit, |reader, ro, id, raw| {
-            let meta = reader.parse_meta(&id, ro, raw)?;
+        let (entries, has_more) = self.scan_records(cursor, limit, |reader, ro, id, json| {
+            let meta = reader.parse_meta(&id, ro, json)?;
             Ok(filters.matches(&meta).then_some(meta))
         })?;
         Ok(super::page(entries, cursor, has_more))
@@ -709,13 +828,13 @@ impl ContentAddressedStore for SledStore {
             ));
         }
         let _gate = self.reanchor_gate.read().await;
-        let (records, has_more) = self.scan_records(cursor, limit, |_, ro, id, raw| {
+        let (records, has_more) = self.scan_records(cursor, limit, |_, ro, id, json| {
             Ok(Some((
                 ScanCursor {
                     receipt_order: ro,
                     id,
                 },
-                wire_json(ro, raw),
+                wire_json(ro, json),
             )))
         })?;
         let next = records.last().map(|(c, _)| c).or(cursor);
@@ -848,5 +967,136 @@ mod tests {
         let other = StoreId::new("t", "db2", StoreKind::Docs).unwrap();
         SledStore::open(db.clone(), other.clone(), tx.clone()).unwrap();
         SledStore::open(db, other, tx).unwrap();
+    }
+
+    #[test]
+    fn records_are_split_by_layout_and_malformed_ones_refused() {
+        let inline = encode_inline(7, b"{\"id\":\"a\"}", b"payload");
+        let (json, payload) = record_parts(&inline).unwrap();
+        assert_eq!(&inline[json], b"{\"id\":\"a\"}");
+        assert_eq!(&inline[payload.unwrap()], b"payload");
+        let empty_payload = encode_inline(7, b"{}", b"");
+        assert_eq!(record_parts(&empty_payload).unwrap().1, Some(14..14));
+        let legacy = [&7u64.to_be_bytes()[..], b"{\"id\":\"a\"}"].concat();
+        assert_eq!(record_parts(&legacy).unwrap(), (8..legacy.len(), None));
+        assert!(record_parts(&inline[..13]).is_none(), "JSON cut short");
+        assert!(record_parts(&inline[..9]).is_none(), "no length");
+        let mut no_object = inline.clone();
+        no_object[12] = b'[';
+        assert!(record_parts(&no_object).is_none());
+    }
+
+    /// Rewrites `tree` as layout 2 left it: every record shared, payloads under `p` contentHash,
+    /// no `q` keys, stamped 2.
+    fn rewrite_as_layout_2(tree: &sled::Tree) {
+        for item in tree.scan_prefix(b"m") {
+            let (key, raw) = item.unwrap();
+            let (json, payload) = record_parts(&raw).unwrap();
+            let Some(payload) = payload else { continue };
+            let keys: crate::wire::RecordKeys<'_> =
+                serde_json::from_slice(&raw[json.clone()]).unwrap();
+            tree.insert(payload_key(&keys.content_hash), &raw[payload])
+                .unwrap();
+            let mut shared = encode_shared(0, &raw[json]);
+            shared[..8].copy_from_slice(&raw[..8]);
+            tree.insert(key, shared).unwrap();
+        }
+        for item in tree.scan_prefix(b"q") {
+            tree.remove(item.unwrap().0).unwrap();
+        }
+        tree.insert(FORMAT, READABLE_FORMAT).unwrap();
+        tree.flush().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_layout_2_store_is_read_as_before_and_written_on_inline() {
+        use crate::store::contract_tests::{entry, receipt_for};
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let id = StoreId::new("t", "db", StoreKind::Docs).unwrap();
+        let (tx, _) = broadcast::channel(16);
+        let ids: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let (entries, raw, page) = {
+            let store = SledStore::open(db.clone(), id.clone(), tx.clone()).unwrap();
+            store
+                .put_entries(vec![
+                    entry("a", "d1", &[], "doc_create", b"alpha"),
+                    entry("b", "d1", &[], "doc_change", b"shared"),
+                    entry("c", "d2", &[], "doc_create", b"shared"),
+                ])
+                .await
+                .unwrap();
+            (
+                store.get_entries(&ids).await.unwrap(),
+                store.get_entries_raw(&ids).await.unwrap(),
+                store
+                    .scan_entries_since_raw(None, 10, &ScanFilters::default())
+                    .await
+                    .unwrap(),
+            )
+        };
+        let tree = db.open_tree(tree_name(&id)).unwrap();
+        assert_eq!(
+            tree.scan_prefix(b"q").count(),
+            2,
+            "one payload per distinct hash"
+        );
+        let c = tree.get(meta_key("c")).unwrap().unwrap();
+        assert_eq!(record_parts(&c).unwrap().1, None, "c shares b's payload");
+        rewrite_as_layout_2(&tree);
+        assert_eq!(tree.scan_prefix(b"p").count(), 2);
+
+        let store = SledStore::open(db.clone(), id.clone(), tx).unwrap();
+        assert_eq!(tree.get(FORMAT).unwrap().unwrap().as_ref(), FORMAT_VERSION);
+        assert_eq!(store.get_entries(&ids).await.unwrap(), entries);
+        let raw_again = store.get_entries_raw(&ids).await.unwrap();
+        for (before, after) in raw.iter().zip(&raw_again) {
+            assert_eq!(before.metadata_json, after.metadata_json);
+            assert_eq!(before.encrypted_data, after.encrypted_data);
+        }
+        let page_again = store
+            .scan_entries_since_raw(None, 10, &ScanFilters::default())
+            .await
+            .unwrap();
+        assert_eq!(page_again, page);
+
+        // A new payload is written inline; one that layout 2 holds under `p` is not stored again.
+        let bytes_before = store.stats().await.unwrap().payload_bytes;
+        store
+            .put_entries(vec![
+                entry("d", "d1", &[], "doc_change", b"delta"),
+                entry("e", "d3", &[], "doc_create", b"alpha"),
+            ])
+            .await
+            .unwrap();
+        let form = |id: &str| {
+            record_parts(&tree.get(meta_key(id)).unwrap().unwrap())
+                .unwrap()
+                .1
+        };
+        assert!(form("d").is_some());
+        assert_eq!(form("e"), None);
+        assert_eq!(store.stats().await.unwrap().payload_bytes, bytes_before + 5);
+        // A receipt applied to a layout-2 record keeps it shared and its payload where it was.
+        store
+            .apply_receipts(&[receipt_for("b", "d1", b"shared", 10)])
+            .await
+            .unwrap();
+        assert_eq!(form("b"), None);
+        let all: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
+        let now = store.get_entries(&all).await.unwrap();
+        let payloads: Vec<&[u8]> = now.iter().map(|e| e.encrypted_data.as_slice()).collect();
+        assert_eq!(
+            payloads,
+            vec![
+                &b"alpha"[..],
+                &b"shared"[..],
+                &b"shared"[..],
+                &b"delta"[..],
+                &b"alpha"[..]
+            ]
+        );
+        assert_eq!(now[1].metadata.received_at, Some(10));
+        assert_eq!(now[1].metadata.receipt_order, Some(6));
     }
 }
