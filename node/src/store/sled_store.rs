@@ -63,8 +63,8 @@ const READABLE_FORMAT: &[u8] = b"2";
 /// Present in a store first written with layout 2.
 const LAYOUT_2: &[u8] = b"s:layout2";
 
-fn meta_key(id: &str) -> Vec<u8> {
-    [b"m", id.as_bytes()].concat()
+fn meta_key(id: impl AsRef<[u8]>) -> Vec<u8> {
+    [b"m", id.as_ref()].concat()
 }
 
 fn batch_key(first_ro: u64) -> Vec<u8> {
@@ -257,6 +257,12 @@ impl Record {
     fn json(&self) -> &[u8] {
         &self.raw[self.json.clone()]
     }
+
+    /// The payload of an inline record, a view of the stored value.
+    fn inline_payload(&self) -> Option<Bytes> {
+        let range = self.payload.clone()?;
+        Some(Bytes::from_owner(self.raw.clone()).slice(range))
+    }
 }
 
 impl Reader {
@@ -291,12 +297,9 @@ impl Reader {
         }))
     }
 
-    /// A record's payload, a view of the stored value when inline; a shared record's is found by
-    /// its `content_hash`: under `p` (layout 2), else in the record that `q` names.
-    fn payload(&self, id: &str, record: &Record, content_hash: &str) -> Result<Bytes, StoreError> {
-        if let Some(range) = &record.payload {
-            return Ok(Bytes::from_owner(record.raw.clone()).slice(range.clone()));
-        }
+    /// The payload of `id`, a shared record, found by its `content_hash`: under `p` (layout 2),
+    /// else in the record that `q` names.
+    fn shared_payload(&self, id: &str, content_hash: &str) -> Result<Bytes, StoreError> {
         let get = |key: Vec<u8>| self.tree.get(key).map_err(|e| self.sled(e));
         if let Some(stored) = get(payload_key(content_hash))? {
             return Ok(Bytes::from_owner(stored));
@@ -304,7 +307,7 @@ impl Reader {
         let missing = || self.corrupt(format!("payload of {id} is missing"));
         let holder = get(holder_key(content_hash))?.ok_or_else(missing)?;
         // The holder came first and payloads never change: its visibility does not matter.
-        let raw = get([&b"m"[..], &holder].concat())?.ok_or_else(missing)?;
+        let raw = get(meta_key(holder))?.ok_or_else(missing)?;
         match record_parts(&raw) {
             Some((_, Some(range))) => Ok(Bytes::from_owner(raw).slice(range)),
             _ => Err(missing()),
@@ -333,12 +336,12 @@ impl Reader {
         let Some(record) = self.record(id)? else {
             return Ok(None);
         };
-        let encrypted_data = match record.payload {
-            Some(_) => self.payload(id, &record, "")?,
+        let encrypted_data = match record.inline_payload() {
+            Some(payload) => payload,
             None => {
                 let keys: crate::wire::RecordKeys<'_> = serde_json::from_slice(record.json())
                     .map_err(|e| self.corrupt(format!("metadata of {id}: {e}")))?;
-                self.payload(id, &record, &keys.content_hash)?
+                self.shared_payload(id, &keys.content_hash)?
             }
         };
         Ok(Some(RawEntry {
@@ -354,7 +357,11 @@ impl Reader {
         };
         let metadata = self.parse_meta(id, record.ro, record.json())?;
         Ok(Some(Entry {
-            encrypted_data: self.payload(id, &record, &metadata.content_hash)?.to_vec(),
+            encrypted_data: match record.inline_payload() {
+                Some(payload) => payload,
+                None => self.shared_payload(id, &metadata.content_hash)?,
+            }
+            .to_vec(),
             metadata,
         }))
     }
