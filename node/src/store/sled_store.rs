@@ -1107,3 +1107,20 @@ mod tests {
         assert_eq!(now[1].metadata.receipt_order, Some(6));
     }
 }
+
+/// The on-disk readers, for the fuzz targets (`fuzz/`): what a stored record or batch-index value
+/// decodes to. Not part of the node's API.
+#[doc(hidden)]
+pub mod fuzz_hooks {
+    /// Where a stored record's metadata JSON and inline payload are (`None` when malformed).
+    pub fn record_parts(
+        raw: &[u8],
+    ) -> Option<(std::ops::Range<usize>, Option<std::ops::Range<usize>>)> {
+        super::record_parts(raw)
+    }
+
+    /// The ids of a batch-index value (`None` when malformed).
+    pub fn decode_id_list(bytes: &[u8]) -> Option<Vec<&str>> {
+        super::IdList::decode(bytes)
+    }
+}
