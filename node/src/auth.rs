@@ -203,8 +203,10 @@ impl AuthService {
         (parsed.t == tenant).then_some(parsed)
     }
 
-    /// Redeems a signed challenge for a token (spec §2.3). The challenge is spent before the signature
-    /// is checked, so a failed attempt cannot be retried with the same challenge.
+    /// Redeems a signed challenge for a token (spec §2.3). The challenge is spent only by a valid
+    /// signature: a wrong one costs the caller an attempt (rate-limited per address) but nothing
+    /// that a valid login needs, so whoever knows a username cannot lock its owner — or anyone —
+    /// out. The spent-challenge memory therefore only grows with successful logins.
     pub fn authenticate(
         &self,
         tenant: &str,
@@ -219,7 +221,9 @@ impl AuthService {
         if payload.e < now_ms {
             return Err(AuthenticateError::Expired);
         }
-        self.spend(&payload.n, payload.e, now_ms)?;
+        if self.is_spent(&payload.n) {
+            return Err(AuthenticateError::AlreadyUsed);
+        }
         let signature = b64::decode(signature_b64)
             .ok()
             .and_then(|s| parse_signature(&s))
@@ -246,6 +250,8 @@ impl AuthService {
                     .is_ok()
             })
             .ok_or(AuthenticateError::InvalidSignature)?;
+        // Checked again, atomically: of two concurrent redemptions of one signed challenge, one wins.
+        self.spend(&payload.n, payload.e, now_ms)?;
         let iat = now_ms / 1000;
         let claims = Claims {
             sub: payload.u,
@@ -257,6 +263,15 @@ impl AuthService {
         Ok(sign_token(&claims, &self.derived_key("token", tenant)))
     }
 
+    fn is_spent(&self, nonce: &str) -> bool {
+        self.redeemed
+            .lock()
+            .expect("redeemed set")
+            .contains_key(nonce)
+    }
+
+    /// Remembers a redeemed challenge until it expires. Only valid signatures get here, so the
+    /// memory is bounded by successful logins within a challenge lifetime.
     fn spend(&self, nonce: &str, expires: i64, now_ms: i64) -> Result<(), AuthenticateError> {
         let mut redeemed = self.redeemed.lock().expect("redeemed set");
         if redeemed.contains_key(nonce) {
@@ -304,7 +319,8 @@ pub fn sign_token(claims: &Claims, key: &[u8]) -> String {
     .expect("HS256 signing cannot fail")
 }
 
-/// Verifies an HS256 JWT (any other `alg` is refused) and its `exp` against `now_secs`.
+/// Verifies an HS256 JWT (any other `alg` is refused) and its `exp` against `now_secs`: valid
+/// strictly before `exp`, with no leeway.
 pub fn verify_token(token: &str, key: &[u8], now_secs: i64) -> Option<Claims> {
     let mut validation = Validation::new(Algorithm::HS256);
     // exp is checked below against the caller's clock, so it can be tested deterministically.
@@ -312,7 +328,8 @@ pub fn verify_token(token: &str, key: &[u8], now_secs: i64) -> Option<Claims> {
     validation.required_spec_claims.clear();
     let data =
         jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(key), &validation).ok()?;
-    (data.claims.exp >= now_secs).then_some(data.claims)
+    // `exp` is the first second at which the token is no longer valid (RFC 7519 §4.1.4).
+    (now_secs < data.claims.exp).then_some(data.claims)
 }
 
 #[cfg(test)]
@@ -384,6 +401,11 @@ mod tests {
             verify_token(token, &secret, claims.exp + 1).is_none(),
             "expired"
         );
+        assert!(
+            verify_token(token, &secret, claims.exp).is_none(),
+            "no leeway: invalid from the second exp names"
+        );
+        assert!(verify_token(token, &secret, claims.exp - 1).is_some());
         assert!(verify_token(token, b"other", now).is_none(), "forged");
         // alg:none with the same payload is refused.
         let none = format!(
@@ -438,7 +460,8 @@ mod tests {
             "expires"
         );
 
-        // Wrong signer; the challenge is spent anyway.
+        // Wrong signer: refused, and the challenge is not spent by it — its owner still logs in
+        // with it, once.
         let c = a
             .issue_challenge("acme", t, None, Some(&alice.signing_public_key), now)
             .unwrap();
@@ -446,6 +469,13 @@ mod tests {
             a.authenticate("acme", t, &c, &sign(&bob_key, &c), now),
             Err(AuthenticateError::InvalidSignature)
         );
+        assert_eq!(
+            a.authenticate("acme", t, &c, "not base64!", now),
+            Err(AuthenticateError::InvalidSignature)
+        );
+        assert!(a
+            .authenticate("acme", t, &c, &sign(&alice_key, &c), now)
+            .is_ok());
         assert_eq!(
             a.authenticate("acme", t, &c, &sign(&alice_key, &c), now),
             Err(AuthenticateError::AlreadyUsed)
@@ -495,6 +525,37 @@ mod tests {
             a.issue_challenge("acme", t2, Some("CN=alice/O=acme"), None, now),
             Err(ChallengeError::Revoked("CN=alice/O=acme".into()))
         );
+    }
+
+    /// Bad signatures, however many, fill nothing: the replay memory (here room for one) still
+    /// takes the valid login after them.
+    #[test]
+    fn bad_signatures_do_not_consume_the_replay_memory() {
+        let (alice, alice_key) = user("alice", "alice", false);
+        let (_, bob_key) = user("bob", "bob", false);
+        let dir = directory(vec![alice]);
+        let t = dir.tenant("acme").unwrap();
+        let config = crate::config::AuthConfig {
+            max_outstanding_challenges: 1,
+            ..Default::default()
+        };
+        let s = AuthService::new(b"k".to_vec(), &config);
+        let now = 1_800_000_000_000;
+        for _ in 0..50 {
+            let c = s
+                .issue_challenge("acme", t, Some("alice"), None, now)
+                .unwrap();
+            assert_eq!(
+                s.authenticate("acme", t, &c, &sign(&bob_key, &c), now),
+                Err(AuthenticateError::InvalidSignature)
+            );
+        }
+        let c = s
+            .issue_challenge("acme", t, Some("alice"), None, now)
+            .unwrap();
+        assert!(s
+            .authenticate("acme", t, &c, &sign(&alice_key, &c), now)
+            .is_ok());
     }
 
     #[test]

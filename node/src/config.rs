@@ -184,6 +184,11 @@ pub struct AuthConfig {
     pub challenge_ttl_secs: u64,
     /// Cap on remembered (redeemed, unexpired) challenges per process.
     pub max_outstanding_challenges: usize,
+    /// A file holding a bearer token that `/status` and `/metrics` then require (they name every
+    /// tenant and database with counts). None = both are open, for scrapers and the operator
+    /// on a trusted network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_token_file: Option<PathBuf>,
 }
 
 impl Default for AuthConfig {
@@ -193,6 +198,7 @@ impl Default for AuthConfig {
             token_ttl_secs: 3600,
             challenge_ttl_secs: 300,
             max_outstanding_challenges: 10_000,
+            status_token_file: None,
         }
     }
 }
@@ -208,6 +214,23 @@ pub struct LimitsConfig {
     pub sync_per_minute: u32,
     /// Per minute per IP over all routes: sync + auth + this.
     pub global_extra_per_minute: u32,
+    /// Open connections over all clients; one more is answered 503 and closed.
+    pub max_connections: u32,
+    /// Open connections per client address (IPv6: per /56).
+    pub max_connections_per_ip: u32,
+    /// Time a client has to send a request's headers (idle keep-alive connections included).
+    pub header_timeout_ms: u64,
+    /// Time a client has to send a request's body once its headers are in (408 after).
+    pub body_timeout_ms: u64,
+    /// Request body bytes held in memory at once over all requests; a request that would go over
+    /// waits briefly, then is answered 503. Bounds what concurrent uploads can take.
+    pub max_inflight_body_bytes: u64,
+    /// Largest `getEntries`/`getEntriesBinary` response (payload bytes); a request for more is
+    /// answered 413 before anything is sent, so a reader asks for fewer ids.
+    pub max_response_bytes: u64,
+    /// Databases a tenant may have on this node; pushes to a further one are refused (reads of an
+    /// unknown database never create one).
+    pub max_databases_per_tenant: u32,
 }
 
 impl Default for LimitsConfig {
@@ -217,6 +240,13 @@ impl Default for LimitsConfig {
             auth_per_minute: 120,
             sync_per_minute: 3000,
             global_extra_per_minute: 500,
+            max_connections: 4096,
+            max_connections_per_ip: 256,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 60_000,
+            max_inflight_body_bytes: 256 * 1024 * 1024,
+            max_response_bytes: 256 * 1024 * 1024,
+            max_databases_per_tenant: 1000,
         }
     }
 }

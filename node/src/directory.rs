@@ -140,6 +140,24 @@ impl TenantDirectory {
             .unwrap_or(&[])
     }
 
+    /// Identifies the set of known signing keys: changes exactly when an author check could
+    /// come out differently (a key added, removed, revoked or reinstated).
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut keys: Vec<(&String, bool)> = self
+            .by_key
+            .iter()
+            .map(|(k, p)| (k, p.is_active()))
+            .collect();
+        keys.sort();
+        let mut hash = Sha256::new();
+        for (key, active) in keys {
+            hash.update(key.as_bytes());
+            hash.update([0, u8::from(active)]);
+        }
+        hex::encode(&hash.finalize()[..16])
+    }
+
     /// Whether the v2 metadata-signature floor applies to an entry received at `now_ms`.
     pub fn requires_v2(&self, now_ms: i64) -> bool {
         self.require_metadata_signature_since

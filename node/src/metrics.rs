@@ -2,7 +2,8 @@
 //! or `other`, never a raw path.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::store::StoreRegistry;
@@ -34,12 +35,31 @@ pub struct Metrics {
     pub cache_bytes: IntGaugeVec,
     /// Client writes stored locally but not yet confirmed by the upstream.
     pub queued_writes: IntGaugeVec,
+    pub open_connections: IntGauge,
+    /// Connections closed at once with 503, by the limit they met.
+    pub connections_refused: IntCounterVec,
+    /// Requests refused by a resource bound (body deadline, body memory, response size,
+    /// databases per tenant, storage unwritable), by reason.
+    pub requests_refused: IntCounterVec,
+    /// Entries pulled from a link and held back for a reason that can change (an author this
+    /// node's directory does not know yet), per link and store; retried when the directory changes.
+    pub held_entries: IntGaugeVec,
+    /// 1 while the storage refuses writes (disk full or failing), else 0.
+    pub storage_unwritable: IntGauge,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+fn plain_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
 }
 
 impl Metrics {
@@ -176,6 +196,31 @@ impl Metrics {
                 "syncrelay_queued_writes",
                 "Client writes stored locally, not yet confirmed by the upstream",
                 &["link"],
+            ),
+            open_connections: plain_gauge(
+                &registry,
+                "syncrelay_open_connections",
+                "Open client connections",
+            ),
+            connections_refused: counter(
+                "syncrelay_connections_refused_total",
+                "Connections answered 503 and closed at once, by the limit they met",
+                &["reason"],
+            ),
+            requests_refused: counter(
+                "syncrelay_requests_refused_total",
+                "Requests refused by a resource bound, by reason",
+                &["reason"],
+            ),
+            held_entries: gauge(
+                "syncrelay_held_entries",
+                "Pulled entries held back until this node's directory knows their author",
+                &["link", "tenant", "db", "kind"],
+            ),
+            storage_unwritable: plain_gauge(
+                &registry,
+                "syncrelay_storage_unwritable",
+                "1 while the storage refuses writes (disk full or failing)",
             ),
             registry,
         }

@@ -13,6 +13,7 @@ use crate::config::{NodeConfig, Role, StorageKind};
 use crate::crypto::keys::Identity;
 use crate::directory::DirectoryHandle;
 use crate::metrics::Metrics;
+use crate::server::connections::{ConnectionLimits, LimitedAcceptor};
 use crate::server::{self, AppState, Limiters, SharedState};
 use crate::store::cache::EdgeCache;
 use crate::store::{StorageBackend, StoreRegistry};
@@ -56,6 +57,21 @@ fn auth_secret(path: Option<&Path>) -> anyhow::Result<Vec<u8>> {
     }
 }
 
+fn status_token(path: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the status token {}", path.display()))?;
+    let token = token.trim().to_string();
+    anyhow::ensure!(
+        token.len() >= 16,
+        "status token {} must hold at least 16 characters",
+        path.display()
+    );
+    Ok(Some(token))
+}
+
 /// Builds the shared state of a node from its configuration.
 pub fn build_state(config: NodeConfig) -> anyhow::Result<SharedState> {
     let metrics = Arc::new(Metrics::new());
@@ -92,7 +108,8 @@ pub fn build_state(config: NodeConfig) -> anyhow::Result<SharedState> {
             let backend = StorageBackend::sled(&dir, config.storage.cache_capacity_bytes)?;
             StoreRegistry::new(backend, Some(config.data_dir.clone()))
         }
-    };
+    }
+    .with_database_limit(config.limits.max_databases_per_tenant);
     let opened = stores.open_existing()?;
     tracing::info!(stores = opened, "storage ready");
     let identity = Arc::new(identity);
@@ -114,6 +131,10 @@ pub fn build_state(config: NodeConfig) -> anyhow::Result<SharedState> {
     tracing::info!(%node_id, role = config.role.as_str(), "node identity ready");
     Ok(Arc::new(AppState {
         limits: Limiters::from_config(&config.limits),
+        body_budget: server::body::BodyBudget::new(config.limits.max_inflight_body_bytes),
+        storage_health: Default::default(),
+        status_token: status_token(config.auth.status_token_file.as_deref())?,
+        caught_up: Default::default(),
         config,
         identity,
         node_id,
@@ -174,6 +195,29 @@ pub async fn serve(
     let sync_task = tokio::spawn(crate::sync::service::run(state.clone(), async move {
         let _ = sync_stopped.await;
     }));
+    let storage_watch = tokio::spawn(watch_storage(state.clone()));
+    let limits = &state.config.limits;
+    let acceptor = LimitedAcceptor {
+        limits: ConnectionLimits::new(
+            limits.max_connections,
+            limits.max_connections_per_ip,
+            state.metrics.clone(),
+        ),
+    };
+    let header_timeout = Duration::from_millis(limits.header_timeout_ms.max(1));
+    // Headers must arrive in time (a half-sent request, or an idle keep-alive connection, is
+    // closed after the timeout); the body deadline is the body layer's (server::body).
+    let configure = |builder: &mut hyper_util::server::conn::auto::Builder<_>| {
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        builder
+            .http2()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .max_concurrent_streams(64);
+    };
     match &state.config.tls {
         Some(tls) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -186,20 +230,26 @@ pub async fn serve(
                 tls.cert_file.clone(),
                 tls.key_file.clone(),
             ));
-            axum_server::from_tcp_rustls(listener, rustls_config)
-                .handle(handle)
-                .serve(app)
-                .await?;
+            let tls_acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls_config)
+                .handshake_timeout(header_timeout)
+                .acceptor(acceptor);
+            let mut server = axum_server::from_tcp(listener)
+                .acceptor(tls_acceptor)
+                .handle(handle);
+            configure(server.http_builder());
+            server.serve(app).await?;
         }
         None => {
-            axum_server::from_tcp(listener)
-                .handle(handle)
-                .serve(app)
-                .await?
+            let mut server = axum_server::from_tcp(listener)
+                .acceptor(acceptor)
+                .handle(handle);
+            configure(server.http_builder());
+            server.serve(app).await?
         }
     }
     // The sync loop stops between passes; an interrupted pass resumes from its saved cursor.
     let _ = tokio::time::timeout(server::SHUTDOWN_GRACE, sync_task).await;
+    storage_watch.abort();
     state
         .stores
         .flush_all()
@@ -207,6 +257,32 @@ pub async fn serve(
         .context("flushing the store on shutdown")?;
     tracing::info!("store flushed; bye");
     Ok(())
+}
+
+/// While the storage refuses writes, probes it every two seconds and clears the mark once a probe
+/// write is durable again (space came back). A failure of the pull path marks it too.
+async fn watch_storage(state: SharedState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        if state.storage_health.writable() {
+            continue;
+        }
+        match state.stores.probe_write().await {
+            Ok(()) => {
+                state.storage_health.recovered();
+                state.metrics.storage_unwritable.set(0);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "storage still refuses writes");
+                let free = state
+                    .stores
+                    .data_dir()
+                    .and_then(crate::store::health::free_bytes);
+                state.storage_health.probe_failed(free);
+            }
+        }
+    }
 }
 
 /// Reloads the certificate when either file changes (cert-manager renewals).

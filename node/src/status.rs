@@ -16,7 +16,8 @@ pub struct NodeStatus {
     pub version: String,
     /// Node ids upstream of this node, nearest first (empty for an origin).
     pub chain: Vec<String>,
-    /// Serving, and (for nodes with upstreams) connected to at least one of them.
+    /// Serving: storage writable, (for nodes with upstreams) connected to at least one of them,
+    /// and (for a relay) caught up on every carried store since it started.
     pub ready: bool,
     pub links: Vec<LinkStatus>,
     pub stores: Vec<StoreStatus>,
@@ -28,6 +29,15 @@ pub struct NodeStatus {
     pub max_lag: u64,
     /// Client writes stored locally, not yet confirmed by an upstream.
     pub queued_writes: u64,
+    /// Carried stores a relay has not caught up on since it started (served from upstream).
+    #[serde(default)]
+    pub catching_up: u64,
+    /// Why the storage refuses writes (disk full, I/O errors); absent while it takes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_failure: Option<String>,
+    /// Pulled entries held back until the directory knows their author, over all links.
+    #[serde(default)]
+    pub held_entries: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +93,9 @@ pub struct StoreLinkStatus {
     pub pushed: u64,
     /// Passes that started from the beginning (first sync or an epoch change).
     pub full_scans: u64,
+    /// Entries held back until a reason that can change goes away (see `StoreFigures::held`).
+    #[serde(default)]
+    pub held: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

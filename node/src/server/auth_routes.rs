@@ -22,7 +22,7 @@ fn limited(decision: super::limits::RateDecision) -> Result<(), ApiError> {
     } else {
         Err(ApiError::TooManyRequests {
             message: AUTH_LIMITED,
-            retry_after_secs: decision.reset_secs,
+            decision,
         })
     }
 }

@@ -18,10 +18,14 @@ pub enum ApiError {
     NotFound(String),
     #[error("Request body too large")]
     PayloadTooLarge,
+    /// A response that would be too large (413 with the reason).
+    #[error("{0}")]
+    ResponseTooLarge(String),
+    /// Rate limited; the decision's `RateLimit-*` headers and `Retry-After` go with the answer.
     #[error("{message}")]
     TooManyRequests {
         message: &'static str,
-        retry_after_secs: u64,
+        decision: crate::server::limits::RateDecision,
     },
     #[error("{0}")]
     NotImplemented(String),
@@ -30,6 +34,9 @@ pub enum ApiError {
     /// The upstream answered with an error this node cannot fix (502).
     #[error("{0}")]
     BadGateway(String),
+    /// The node's storage cannot take the write: disk full, or a database limit (507).
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// The request already passed through this node (a cycle in the chain).
     #[error("{0}")]
     LoopDetected(String),
@@ -48,12 +55,15 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge | ApiError::ResponseTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::LoopDetected(_) => StatusCode::LOOP_DETECTED,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -76,6 +86,16 @@ impl From<crate::store::StoreError> for ApiError {
             StoreError::Upstream { .. } | StoreError::Unsupported { .. } => {
                 ApiError::BadGateway(e.to_string())
             }
+            StoreError::InvalidEntry { .. } | StoreError::PayloadMismatch { .. } => {
+                ApiError::BadRequest(e.to_string())
+            }
+            StoreError::TooManyDatabases { .. } => ApiError::InsufficientStorage(e.to_string()),
+            ref full if full.is_disk_full() => ApiError::InsufficientStorage(format!(
+                "This node's storage is full; the write was not stored ({e})"
+            )),
+            ref failing if failing.is_storage_failure() => ApiError::Unavailable(format!(
+                "This node's storage is failing; the write was not stored ({e})"
+            )),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -91,13 +111,11 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let mut response = (self.status(), Json(ErrorBody { error: message })).into_response();
-        if let ApiError::TooManyRequests {
-            retry_after_secs, ..
-        } = self
-        {
+        if let ApiError::TooManyRequests { decision, .. } = self {
+            decision.write_headers(response.headers_mut());
             response
                 .headers_mut()
-                .insert("retry-after", HeaderValue::from(retry_after_secs.max(1)));
+                .insert("retry-after", HeaderValue::from(decision.reset_secs.max(1)));
         }
         response
     }

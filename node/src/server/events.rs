@@ -21,6 +21,28 @@ use crate::wire::{ChangeEventData, PROTOCOL_VERSION};
 
 pub const HEARTBEAT: Duration = Duration::from_secs(30);
 
+/// How often an open stream re-checks its token against the live directory.
+const TOKEN_RECHECK: Duration = Duration::from_secs(1);
+
+/// Resolves once the stream's token is no longer valid — its user revoked or removed, or the token
+/// expired — so that an open stream ends within [`TOKEN_RECHECK`] of a revocation, as a new request
+/// would be refused.
+async fn token_lapsed(state: SharedState, tenant: String, token: String) {
+    let mut tick = tokio::time::interval(TOKEN_RECHECK);
+    loop {
+        tick.tick().await;
+        let directory = state.directory.current();
+        let valid = directory
+            .tenant(&tenant)
+            .and_then(|t| state.auth.validate_token(&tenant, t, &token, now_ms()))
+            .is_some();
+        if !valid {
+            tracing::info!(%tenant, "change feed closed: its token is no longer valid");
+            return;
+        }
+    }
+}
+
 pub async fn events(
     State(state): State<SharedState>,
     Path((tenant, kind)): Path<(String, String)>,
@@ -34,6 +56,10 @@ pub async fn events(
     ))?;
     let ctx = pending.finish(&state, directory)?;
     let (tenant, kind) = (ctx.tenant.clone(), ctx.kind);
+    let token = super::sync::bearer(&headers)
+        .unwrap_or_default()
+        .to_string();
+    let ended = token_lapsed(state.clone(), tenant.clone(), token);
     if !state.config.role.has_local_copy() {
         // An edge or passthrough has no changes of its own: it relays its upstreams'.
         crate::sync::service::UpstreamFeeds::follow(&state, &tenant, kind);
@@ -68,6 +94,7 @@ pub async fn events(
     .map(|_| Event::default().comment(format!("heartbeat {}", now_ms())));
     let stream = stream::once(std::future::ready(hello))
         .chain(stream::select(changes, heartbeat))
+        .take_until(ended)
         .map(Ok::<_, Infallible>);
     Ok((
         [

@@ -15,6 +15,7 @@ use crate::wire::{has_content_hash, Entry, EntryMetadata, Rejection};
 /// Why an entry was rejected; the label is used for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectReason {
+    InvalidId,
     UntrustedAuthor,
     ContentHash,
     V2Required,
@@ -25,6 +26,7 @@ pub enum RejectReason {
 impl RejectReason {
     pub fn label(self) -> &'static str {
         match self {
+            RejectReason::InvalidId => "invalid_id",
             RejectReason::UntrustedAuthor => "untrusted_author",
             RejectReason::ContentHash => "content_hash",
             RejectReason::V2Required => "v2_required",
@@ -35,6 +37,10 @@ impl RejectReason {
 
     fn text(self, id: &str) -> String {
         match self {
+            RejectReason::InvalidId => format!(
+                "Entry {} has an invalid id (empty, or longer than the reference store can hold)",
+                id.chars().take(80).collect::<String>()
+            ),
             RejectReason::UntrustedAuthor => format!("Entry {id} was not signed by a trusted user"),
             RejectReason::ContentHash => format!("Entry {id} content hash does not match its payload"),
             RejectReason::V2Required => format!(
@@ -57,6 +63,9 @@ pub struct IngestInput<'a> {
     pub db_id: &'a str,
     pub witness: Option<Witness<'a>>,
     pub now_ms: i64,
+    /// Entries pulled from a link (history an upstream accepted): an author known to the
+    /// directory is enough, revoked or not. Client writes need an active author.
+    pub history: bool,
 }
 
 #[derive(Debug, Default)]
@@ -96,7 +105,7 @@ pub fn plan(
         .par_iter()
         .map(|entry| {
             (!existing.contains_key(&entry.metadata.id))
-                .then(|| check_entry(input.directory, entry, require_v2))
+                .then(|| check_entry(input.directory, entry, require_v2, input.history))
         })
         .collect();
     let candidates: Vec<&Candidate<'_>> = checks.iter().flatten().flatten().collect();
@@ -168,10 +177,16 @@ fn check_entry<'e>(
     directory: &TenantDirectory,
     entry: &'e Entry,
     require_v2: bool,
+    history: bool,
 ) -> Result<Candidate<'e>, RejectReason> {
-    let author = directory
-        .active_by_signing_key(&entry.metadata.created_by_public_key)
-        .ok_or(RejectReason::UntrustedAuthor)?;
+    crate::wire::ids::validate_entry_id(&entry.metadata.id).map_err(|_| RejectReason::InvalidId)?;
+    let key = &entry.metadata.created_by_public_key;
+    let author = if history {
+        directory.by_signing_key(key)
+    } else {
+        directory.active_by_signing_key(key)
+    }
+    .ok_or(RejectReason::UntrustedAuthor)?;
     if !has_content_hash(&entry.encrypted_data, &entry.metadata.content_hash) {
         return Err(RejectReason::ContentHash);
     }
@@ -313,6 +328,7 @@ mod tests {
                 pem: &witness.signing_public_pem,
             }),
             now_ms: 1_800_000_000_000,
+            history: false,
         };
         let plan = plan(&input, entries, &existing);
 

@@ -5,6 +5,8 @@
 //! store, and answers failures with the protocol's status codes and `{error}` bodies ([`error`]).
 
 pub mod auth_routes;
+pub mod body;
+pub mod connections;
 pub mod error;
 pub mod events;
 pub mod ingest;
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
-use axum::http::{Method, Uri};
+use axum::http::{HeaderMap, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -30,9 +32,12 @@ use crate::crypto::keys::Identity;
 use crate::directory::{Directory, DirectoryHandle, TenantDirectory};
 use crate::metrics::{endpoint_label, Metrics};
 use crate::store::cache::{CachedStore, EdgeCache};
+use crate::store::health::StorageHealth;
+use crate::store::memory::MemoryStore;
 use crate::store::registry::SharedStore;
 use crate::store::StoreRegistry;
 use crate::sync::links::Links;
+use crate::sync::service::CaughtUp;
 use crate::sync::service::{SyncQueue, UpstreamFeeds, Want};
 use crate::wire::{ids, ServerInfo, StoreId, Timestamping};
 use error::ApiError;
@@ -79,24 +84,42 @@ pub struct AppState {
     pub upstream_feeds: UpstreamFeeds,
     /// The edge role's cache.
     pub cache: Option<Arc<EdgeCache>>,
+    /// Request bodies held in memory at once ([`body`]).
+    pub body_budget: body::BodyBudget,
+    /// Whether the storage takes writes (disk full, I/O errors).
+    pub storage_health: StorageHealth,
+    /// Stores a relay or peer has caught up on with its upstream since it started.
+    pub caught_up: CaughtUp,
+    /// The bearer token `/status` and `/metrics` require, when configured.
+    pub status_token: Option<String>,
+}
+
+/// What a request does with a store: a read never creates one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
 }
 
 impl AppState {
     /// The store that serves `id` for this node's role: the local store (origin, relay, peer), the
     /// cache in front of the upstream (edge), or the upstream itself (passthrough).
-    pub fn backing_store(&self, id: &StoreId) -> Result<SharedStore, ApiError> {
+    ///
+    /// - A read of a database this node does not hold creates nothing: it is answered from an
+    ///   empty view (a node with links asks the sync loop to carry the database, within the
+    ///   tenant's database limit).
+    /// - A relay serves reads of a store it has not caught up on since it started from its
+    ///   upstream, as a passthrough would, while an upstream is reachable: a client never takes
+    ///   a cold relay's partial copy for the whole database.
+    pub fn backing_store(&self, id: &StoreId, access: Access) -> Result<SharedStore, ApiError> {
         match self.config.role {
             Role::Origin | Role::Relay | Role::Peer => {
+                if access == Access::Read {
+                    return self.local_read_store(id);
+                }
                 let (store, created) = self.stores.open_reporting(id)?;
-                if created && self.links.is_some() {
-                    // A database a client touched: carried from now on.
-                    self.sync_queue.request(
-                        id.clone(),
-                        Want {
-                            pull: true,
-                            push: true,
-                        },
-                    );
+                if created {
+                    self.carry(id);
                 }
                 Ok(store)
             }
@@ -119,6 +142,37 @@ impl AppState {
                     None => remote,
                 })
             }
+        }
+    }
+
+    fn local_read_store(&self, id: &StoreId) -> Result<SharedStore, ApiError> {
+        let local = self.stores.get(id);
+        if local.is_none() {
+            self.carry(id);
+        }
+        if self.config.role == Role::Relay && !self.caught_up.contains(id) {
+            if let Some(link) = self
+                .links
+                .as_ref()
+                .and_then(|l| l.upstream_order().into_iter().find(|l| l.usable()))
+            {
+                return Ok(link.store(id));
+            }
+        }
+        Ok(local.unwrap_or_else(|| Arc::new(MemoryStore::empty_view(id.clone()))))
+    }
+
+    /// Asks the sync loop to carry `id` (nodes with links), as long as the tenant has room for
+    /// another database: the loop creates the store when it first pulls it.
+    fn carry(&self, id: &StoreId) {
+        if self.links.is_some() && !self.sync_queue.is_queued(id) && self.stores.has_room_for(id) {
+            self.sync_queue.request(
+                id.clone(),
+                Want {
+                    pull: true,
+                    push: true,
+                },
+            );
         }
     }
 }
@@ -177,6 +231,7 @@ pub fn router(state: SharedState) -> Router {
     );
     Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/.well-known/mindoodb-server-info", get(server_info))
@@ -195,6 +250,10 @@ pub fn router(state: SharedState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(
             state.config.limits.max_body_bytes as usize,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            body::bounded_body,
         ))
         .layer(compression)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
@@ -218,7 +277,10 @@ async fn observe(State(state): State<SharedState>, mut request: Request, next: N
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let response = if via.split(',').any(|hop| hop.trim() == state.node_id) {
+    let response = if !path_is_utf8(request.uri().path()) {
+        ApiError::BadRequest("The request path is not valid percent-encoded UTF-8".into())
+            .into_response()
+    } else if via.split(',').any(|hop| hop.trim() == state.node_id) {
         ApiError::LoopDetected(format!(
             "Loop detected: this request already passed through node {} ({via})",
             state.node_id
@@ -229,14 +291,13 @@ async fn observe(State(state): State<SharedState>, mut request: Request, next: N
             .scope(via, next.run(request))
             .await
     } else {
-        let mut r = ApiError::TooManyRequests {
+        ApiError::TooManyRequests {
             message: "Too many requests, please try again later",
-            retry_after_secs: decision.reset_secs,
+            decision,
         }
-        .into_response();
-        decision.write_headers(r.headers_mut());
-        r
+        .into_response()
     };
+    let response = json_error_body(response).await;
     let status = response.status().as_u16().to_string();
     state
         .metrics
@@ -251,6 +312,60 @@ async fn observe(State(state): State<SharedState>, mut request: Request, next: N
     response
 }
 
+/// Whether a path's percent-decoded bytes are UTF-8 (a tenant segment must be text).
+fn path_is_utf8(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied(),
+            bytes.get(i + 2).copied(),
+        ) {
+            (b'%', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
+                decoded.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&decoded).is_ok()
+}
+
+/// Every error answers `{error}` in JSON: an answer the framework made in another form (405, a
+/// rejected extractor's text) is rewritten, its headers (`Allow`, `Retry-After`) kept.
+async fn json_error_body(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("Error").to_string());
+    let body = serde_json::to_vec(&crate::wire::ErrorBody { error: text }).expect("serialises");
+    parts.headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
 /// IPv6 clients are limited per /56, like the reference.
 fn global_key(ip: std::net::IpAddr) -> String {
     match ip {
@@ -262,15 +377,100 @@ fn global_key(ip: std::net::IpAddr) -> String {
     }
 }
 
-async fn health() -> Response {
+/// Liveness: the process serves. It fails only when the storage stays unwritable although its
+/// file system has room again — the engine is wedged, and only a restart recovers it.
+async fn health(State(state): State<SharedState>) -> Response {
+    if state.storage_health.wedged() {
+        let failure = state.storage_health.failure().map(|f| f.reason);
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "status": "unhealthy",
+                "error": format!("storage refuses writes although the disk has room: {}", failure.unwrap_or_default()),
+                "timestamp": now_ms(),
+            })),
+        )
+            .into_response();
+    }
     Json(serde_json::json!({"status": "ok", "timestamp": now_ms()})).into_response()
 }
 
-async fn status(State(state): State<SharedState>) -> Response {
+/// Readiness: whether clients should be routed here (see `NodeStatus::ready`): storage writable,
+/// an upstream connected (nodes that need one), every carried store caught up (relays).
+async fn ready(State(state): State<SharedState>) -> Response {
+    let mut reasons = Vec::new();
+    if let Some(f) = state.storage_health.failure() {
+        reasons.push(format!("storage refuses writes: {}", f.reason));
+    }
+    let needs_upstream = matches!(
+        state.config.role,
+        Role::Relay | Role::Edge | Role::Passthrough
+    );
+    if needs_upstream
+        && !state
+            .links
+            .as_ref()
+            .is_some_and(|l| l.any_upstream_connected())
+    {
+        reasons.push("no upstream is connected".into());
+    }
+    let catching_up = crate::sync::service::catching_up(&state);
+    if catching_up > 0 {
+        reasons.push(format!(
+            "catching up with the upstream on {catching_up} store(s)"
+        ));
+    }
+    if reasons.is_empty() {
+        Json(serde_json::json!({"status": "ready", "timestamp": now_ms()})).into_response()
+    } else {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "not-ready", "error": reasons.join("; "), "timestamp": now_ms()})),
+        )
+            .into_response()
+    }
+}
+
+/// `/status` and `/metrics` answer only a caller with the status token, when one is configured.
+fn status_access(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = &state.status_token else {
+        return Ok(());
+    };
+    let given = sync::bearer(headers).unwrap_or("");
+    use subtle_eq::ct_eq;
+    if ct_eq(given.as_bytes(), expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized(
+            "This endpoint requires the node's status token",
+        ))
+    }
+}
+
+/// Constant-time comparison, so that the token cannot be guessed byte by byte from timings.
+mod subtle_eq {
+    pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+        use sha2::{Digest, Sha256};
+        // Equal-length digests compared without an early exit.
+        let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+        a.iter()
+            .zip(b.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+    }
+}
+
+async fn status(State(state): State<SharedState>, headers: HeaderMap) -> Response {
+    if let Err(e) = status_access(&state, &headers) {
+        return e.into_response();
+    }
     Json(crate::sync::status::node_status(&state).await).into_response()
 }
 
-async fn metrics(State(state): State<SharedState>) -> Response {
+async fn metrics(State(state): State<SharedState>, headers: HeaderMap) -> Response {
+    if let Err(e) = status_access(&state, &headers) {
+        return e.into_response();
+    }
     if let Some(links) = &state.links {
         let now = now_ms();
         for link in links.all() {

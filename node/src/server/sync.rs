@@ -65,9 +65,16 @@ impl SyncCtx {
             .map_err(|e| ApiError::BadRequest(e.to_string()))
     }
 
-    /// The store serving `db_id` for this node's role.
+    /// The store serving reads of `db_id` for this node's role (never creates one).
     pub fn store(&self, db_id: &str) -> Result<SharedStore, ApiError> {
-        self.state.backing_store(&self.store_id(db_id)?)
+        self.state
+            .backing_store(&self.store_id(db_id)?, super::Access::Read)
+    }
+
+    /// The store taking writes to `db_id` (created within the tenant's database limit).
+    pub fn store_for_write(&self, db_id: &str) -> Result<SharedStore, ApiError> {
+        self.state
+            .backing_store(&self.store_id(db_id)?, super::Access::Write)
     }
 }
 
@@ -114,7 +121,7 @@ fn check_len(name: &str, len: usize, max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let token = value.strip_prefix("Bearer ")?.trim();
     (!token.is_empty()).then_some(token)
@@ -147,7 +154,7 @@ pub fn authorize(
     if !decision.allowed {
         return Err(ApiError::TooManyRequests {
             message: "Too many sync requests, please try again later",
-            retry_after_secs: decision.reset_secs,
+            decision,
         });
     }
     Ok((
@@ -362,15 +369,16 @@ pub async fn dispatch(
             let r: IdsRequest = parse_json(&body)?;
             let (ctx, db) = ctx!(r.db_id.as_deref());
             check_len("ids", r.ids.len(), MAX_IDS_PER_REQUEST)?;
-            let reader = ctx.principal.clone();
+            // Each entry once, however often it is named: a response is never larger than the
+            // distinct entries it holds.
+            let ids = distinct(r.ids);
+            let store = ctx.store(&db)?;
             if op == "getEntriesBinary" {
-                let entries = ctx.store(&db)?.get_entries_raw(&r.ids).await?;
-                return crate::cpu::run(move || wrap_binary(&reader, entries))
-                    .await
-                    .map_err(ApiError::internal)?;
+                return binary_response(&ctx, store, ids).await;
             }
-            let entries = ctx.store(&db)?.get_entries(&r.ids).await?;
+            let entries = read_within_cap(&ctx, &store, &ids).await?;
             let session = r.session_key_wrap == Some(true);
+            let reader = ctx.principal.clone();
             crate::cpu::run(move || wrap_entries(&reader, entries, session))
                 .await
                 .map_err(ApiError::internal)?
@@ -392,19 +400,164 @@ pub async fn dispatch(
     }
 }
 
+/// `ids` without repeats, in the order of their first appearance.
+fn distinct(ids: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    ids.into_iter()
+        .filter(|id| seen.insert(id.clone()))
+        .collect()
+}
+
+/// Ids read from the store at a time when a response is assembled: one group covers a stock
+/// client's request (250 ids), a larger request is read, checked against the response cap and
+/// sent group by group.
+const READ_GROUP: usize = 256;
+
+fn response_too_large(ctx: &SyncCtx, cap: u64) -> ApiError {
+    ctx.state
+        .metrics
+        .requests_refused
+        .with_label_values(&["response_too_large"])
+        .inc();
+    ApiError::ResponseTooLarge(format!(
+        "The entries requested hold more than this server's response limit of {cap} bytes; request fewer ids at a time"
+    ))
+}
+
+/// Full entries for the JSON format, read group by group: 413 as soon as their payloads pass
+/// `maxResponseBytes`, before more is read.
+async fn read_within_cap(
+    ctx: &SyncCtx,
+    store: &SharedStore,
+    ids: &[String],
+) -> Result<Vec<Entry>, ApiError> {
+    let cap = ctx.state.config.limits.max_response_bytes;
+    let mut entries = Vec::new();
+    let mut bytes = 0u64;
+    for group in ids.chunks(READ_GROUP) {
+        let read = store.get_entries(group).await?;
+        bytes += read
+            .iter()
+            .map(|e| e.encrypted_data.len() as u64)
+            .sum::<u64>();
+        if bytes > cap {
+            return Err(response_too_large(ctx, cap));
+        }
+        entries.extend(read);
+    }
+    Ok(entries)
+}
+
+fn payload_bytes(entries: &[RawEntry]) -> u64 {
+    entries.iter().map(|e| e.encrypted_data.len() as u64).sum()
+}
+
 /// The binary format (spec §4.10): one session key wrapped to the reader, per entry a frame of the
-/// metadata JSON with its `iv` and the AES-GCM-sealed payload. Everything is written once, into the
-/// response's buffers (chunks of whole frames, sent with the exact `Content-Length`): the stored
-/// metadata JSON with `iv` spliced in as the first field, the payload copied in and sealed in place.
-fn wrap_binary(reader: &Principal, entries: Vec<RawEntry>) -> Result<Response, ApiError> {
-    let session_key = SessionKey::new(&reader.encryption_key).map_err(ApiError::internal)?;
+/// metadata JSON with its `iv` and the AES-GCM-sealed payload.
+///
+/// A request of one read group is answered in one piece with its exact `Content-Length` (413
+/// first when it passes `maxResponseBytes`). A larger one is streamed: each group is read, sealed
+/// and sent before the next is read, so the memory a response holds is a group's, whatever its
+/// size; a stream that would pass the cap is cut off (the client sees a failed transfer, never a
+/// response silently missing entries).
+async fn binary_response(
+    ctx: &SyncCtx,
+    store: SharedStore,
+    ids: Vec<String>,
+) -> Result<Response, ApiError> {
+    let cap = ctx.state.config.limits.max_response_bytes;
+    let mut groups: std::collections::VecDeque<Vec<String>> =
+        ids.chunks(READ_GROUP).map(<[String]>::to_vec).collect();
+    let first = match groups.pop_front() {
+        Some(group) => store.get_entries_raw(&group).await?,
+        None => Vec::new(),
+    };
+    let mut sent = payload_bytes(&first);
+    if sent > cap {
+        return Err(response_too_large(ctx, cap));
+    }
+    let reader = ctx.principal.clone();
+    let session_key = crate::cpu::run(move || SessionKey::new(&reader.encryption_key))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
     let header = serde_json::to_vec(&BinaryGetHeader {
         format: BINARY_GET_FORMAT.into(),
         wrapped_session_key: b64::B64(session_key.wrapped.clone()),
     })
     .expect("header serialises");
-    let mut writer = framing::FrameWriter::chunked(&header, RESPONSE_CHUNK);
-    for e in &entries {
+    let session_key = Arc::new(session_key);
+    let writer = framing::FrameWriter::chunked(&header, RESPONSE_CHUNK);
+    let key = session_key.clone();
+    let first_chunks = crate::cpu::run(move || seal_frames(writer, &key, &first))
+        .await
+        .map_err(ApiError::internal)?;
+    let octets = (header::CONTENT_TYPE, "application/octet-stream".to_string());
+    if groups.is_empty() {
+        let length = first_chunks.iter().map(Bytes::len).sum::<usize>();
+        let body = axum::body::Body::from_stream(futures::stream::iter(
+            first_chunks
+                .into_iter()
+                .map(Ok::<_, std::convert::Infallible>),
+        ));
+        return Ok(([octets, (header::CONTENT_LENGTH, length.to_string())], body).into_response());
+    }
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let metrics = ctx.state.metrics.clone();
+    tokio::spawn(async move {
+        use futures::SinkExt;
+        for chunk in first_chunks {
+            if tx.send(Ok(chunk)).await.is_err() {
+                return;
+            }
+        }
+        while let Some(group) = groups.pop_front() {
+            let entries = match store.get_entries_raw(&group).await {
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading entries for a streamed response failed; cut off");
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                    return;
+                }
+            };
+            sent += payload_bytes(&entries);
+            if sent > cap {
+                metrics
+                    .requests_refused
+                    .with_label_values(&["response_too_large"])
+                    .inc();
+                let _ = tx
+                    .send(Err(std::io::Error::other(format!(
+                        "response passes the limit of {cap} bytes; cut off"
+                    ))))
+                    .await;
+                return;
+            }
+            let key = session_key.clone();
+            let writer = framing::FrameWriter::continuation(RESPONSE_CHUNK);
+            let chunks = match crate::cpu::run(move || seal_frames(writer, &key, &entries)).await {
+                Ok(chunks) => chunks,
+                Err(_) => return,
+            };
+            for chunk in chunks {
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(([octets], axum::body::Body::from_stream(rx)).into_response())
+}
+
+/// Writes `entries` as frames: the stored metadata JSON with `iv` spliced in as the first field,
+/// the payload copied in and sealed in place — everything written once, into the response's
+/// buffers (chunks of whole frames).
+fn seal_frames(
+    mut writer: framing::FrameWriter,
+    session_key: &SessionKey,
+    entries: &[RawEntry],
+) -> Vec<Bytes> {
+    for e in entries {
         let iv = random_iv();
         let sealed_len = e.encrypted_data.len() + AES_TAG_LEN;
         writer.push_in_place(&iv, &e.metadata_json, sealed_len, |buf| {
@@ -413,19 +566,7 @@ fn wrap_binary(reader: &Principal, entries: Vec<RawEntry>) -> Result<Response, A
             session_key.seal_tail(&iv, buf, start);
         });
     }
-    let chunks = writer.finish_chunks();
-    let length = chunks.iter().map(Bytes::len).sum::<usize>();
-    let body = axum::body::Body::from_stream(futures::stream::iter(
-        chunks.into_iter().map(Ok::<_, std::convert::Infallible>),
-    ));
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (header::CONTENT_LENGTH, length.to_string()),
-        ],
-        body,
-    )
-        .into_response())
+    writer.finish_chunks()
 }
 
 /// Size of the buffers a `getEntriesBinary` response is written into: small enough for the
@@ -488,8 +629,31 @@ pub async fn put_entries(
     entries: Vec<Entry>,
 ) -> Result<Response, ApiError> {
     let id = ctx.store_id(db)?;
+    // Ids no store may hold refuse the request as a whole: nothing of it is stored.
+    for (i, entry) in entries.iter().enumerate() {
+        ids::validate_entry_id(&entry.metadata.id)
+            .map_err(|e| ApiError::BadRequest(format!("entries[{i}]: {e}")))?;
+    }
     let role = ctx.state.config.role;
-    let store = ctx.store(db)?;
+    if role.has_local_copy() {
+        if let Some(failure) = ctx.state.storage_health.failure() {
+            ctx.state
+                .metrics
+                .requests_refused
+                .with_label_values(&["storage_unwritable"])
+                .inc();
+            let message = format!(
+                "This node's storage does not take writes right now ({}); nothing was stored, try again later",
+                failure.reason
+            );
+            return Err(if failure.disk_full {
+                ApiError::InsufficientStorage(message)
+            } else {
+                ApiError::Unavailable(message)
+            });
+        }
+    }
+    let store = ctx.store_for_write(db)?;
     let plan = verify(ctx, db, &store, role, entries).await?;
     let mut response = PutEntriesResponse {
         success: true,
@@ -504,7 +668,7 @@ pub async fn put_entries(
         Role::Origin | Role::Peer => {
             let body = crate::cpu::run(move || serde_json::to_vec(&response));
             let (written, body) = tokio::join!(store.put_entries(accepted), body);
-            count_ingested(ctx, written?);
+            count_ingested(ctx, noted(ctx, written)?);
             let body = body
                 .map_err(ApiError::internal)?
                 .map_err(ApiError::internal)?;
@@ -527,7 +691,7 @@ pub async fn put_entries(
         }
     };
     if !to_store.is_empty() {
-        count_ingested(ctx, store.put_entries(to_store).await?);
+        count_ingested(ctx, noted(ctx, store.put_entries(to_store).await)?);
     }
     Ok(json(&response))
 }
@@ -562,6 +726,7 @@ async fn verify(
                 pem: &state.identity.signing_public_pem,
             }),
             now_ms: now_ms(),
+            history: false,
         };
         ingest::plan(&input, entries, &existing)
     })
@@ -575,6 +740,19 @@ async fn verify(
             .inc();
     }
     Ok(plan)
+}
+
+/// Marks the storage unwritable when a local write failed for the storage's own reasons.
+fn noted(
+    ctx: &SyncCtx,
+    written: Result<PutSummary, crate::store::StoreError>,
+) -> Result<PutSummary, crate::store::StoreError> {
+    if let Err(e) = &written {
+        if ctx.state.storage_health.note(e, now_ms()) {
+            ctx.state.metrics.storage_unwritable.set(1);
+        }
+    }
+    written
 }
 
 fn count_ingested(ctx: &SyncCtx, summary: PutSummary) {

@@ -26,6 +26,9 @@ struct Inner {
     max_receipt_order: u64,
 }
 
+/// Epoch of [`MemoryStore::empty_view`]: a database that does not exist here yet.
+pub const EMPTY_VIEW_EPOCH: &str = "00000000-0000-7000-8000-000000000000";
+
 pub struct MemoryStore {
     id: StoreId,
     epoch: String,
@@ -40,6 +43,17 @@ impl MemoryStore {
             epoch: new_epoch(),
             inner: RwLock::new(Inner::default()),
             changes,
+        }
+    }
+
+    /// An empty store with a fixed epoch, standing for a database this node does not hold: reads
+    /// of it are answered without creating anything, and the same epoch every time.
+    pub fn empty_view(id: StoreId) -> Self {
+        MemoryStore {
+            id,
+            epoch: EMPTY_VIEW_EPOCH.into(),
+            inner: RwLock::new(Inner::default()),
+            changes: broadcast::channel(1).0,
         }
     }
 

@@ -13,6 +13,7 @@
 //! default implementations in terms of the primitives, so a new store only implements those.
 
 pub mod cache;
+pub mod health;
 pub mod memory;
 pub mod registry;
 pub mod sled_store;
@@ -45,6 +46,15 @@ pub enum StoreError {
     Corrupt { store: String, detail: String },
     #[error("entry {id}: encryptedSize/contentHash do not describe the payload")]
     PayloadMismatch { id: String },
+    /// An entry no store may hold (its id breaks the id rules, spec §5.3): refused before writing.
+    #[error("entry {id}: {reason}")]
+    InvalidEntry { id: String, reason: String },
+    /// The tenant has as many databases as this node allows; a further one is not created.
+    #[error("tenant {tenant} has reached this node's limit of {limit} databases")]
+    TooManyDatabases { tenant: String, limit: usize },
+    /// A sync link holds back more entries than it may; it does not move on until some settle.
+    #[error("{held} entries are held back for an author this node does not know (limit {limit}); the link waits for the directory")]
+    Held { held: usize, limit: usize },
     #[error("store task failed: {0}")]
     Task(String),
     /// A remote store's upstream failed; `transient` errors are worth retrying later.
@@ -64,6 +74,33 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The storage itself failed (disk full, I/O error), not the request: writes are refused
+    /// until it recovers, reads may still work.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sled {
+                source: sled::Error::Io(_) | sled::Error::ReportableBug(_),
+                ..
+            }
+        )
+    }
+
+    /// A full disk (ENOSPC) or quota (EDQUOT) among the causes.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Sled {
+                source: sled::Error::Io(io),
+                ..
+            } => {
+                io.kind() == std::io::ErrorKind::StorageFull
+                    || matches!(io.raw_os_error(), Some(28) | Some(122))
+                    || io.to_string().contains("No space left")
+            }
+            _ => false,
+        }
+    }
+
     /// Errors that may go away on their own (upstream down, overloaded, timed out).
     pub fn is_transient(&self) -> bool {
         matches!(
@@ -351,6 +388,12 @@ pub async fn collect_scan_dyn<S: ContentAddressedStore + ?Sized>(
 /// Verifies that an entry's declared hash and size describe its payload (defence in depth: the
 /// server checks this before calling the store, the store refuses to persist a lie).
 pub fn check_payload(entry: &Entry) -> Result<(), StoreError> {
+    crate::wire::ids::validate_entry_id(&entry.metadata.id).map_err(|e| {
+        StoreError::InvalidEntry {
+            id: entry.metadata.id.chars().take(80).collect(),
+            reason: e.to_string(),
+        }
+    })?;
     if !crate::wire::has_content_hash(&entry.encrypted_data, &entry.metadata.content_hash) {
         return Err(StoreError::PayloadMismatch {
             id: entry.metadata.id.clone(),

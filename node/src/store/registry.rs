@@ -35,6 +35,7 @@ impl StorageBackend {
 }
 
 const SYNC_STATE_TREE: &str = "syncstate";
+const PROBE_TREE: &str = "probe";
 
 pub type SharedStore = Arc<dyn ContentAddressedStore>;
 
@@ -45,6 +46,8 @@ pub struct StoreRegistry {
     data_dir: Option<PathBuf>,
     /// Sync cursors of the memory backend (the sled backend keeps them in its `syncstate` tree).
     sync_state: Mutex<HashMap<String, Vec<u8>>>,
+    /// Databases a tenant may have; opening a store of a further one is refused.
+    max_databases_per_tenant: usize,
 }
 
 impl StoreRegistry {
@@ -55,7 +58,33 @@ impl StoreRegistry {
             changes: broadcast::channel(4096).0,
             data_dir,
             sync_state: Mutex::new(HashMap::new()),
+            max_databases_per_tenant: usize::MAX,
         }
+    }
+
+    /// Bounds the databases per tenant that [`Self::open`] creates (stores found on disk at start
+    /// are opened whatever their number).
+    pub fn with_database_limit(mut self, max: u32) -> Self {
+        self.max_databases_per_tenant = max.max(1) as usize;
+        self
+    }
+
+    /// Whether [`Self::open`] would create or find `id` within the database limit.
+    pub fn has_room_for(&self, id: &StoreId) -> bool {
+        let stores = self.stores.lock().expect("store map");
+        let mut databases = std::collections::HashSet::new();
+        for s in stores.keys().filter(|s| s.tenant_id == id.tenant_id) {
+            if s.db_id == id.db_id {
+                return true;
+            }
+            databases.insert(s.db_id.as_str());
+        }
+        databases.len() < self.max_databases_per_tenant
+    }
+
+    /// The store at `id` if it exists; never creates one (reads of an unknown database).
+    pub fn get(&self, id: &StoreId) -> Option<SharedStore> {
+        self.stores.lock().expect("store map").get(id).cloned()
     }
 
     pub fn memory() -> Self {
@@ -67,11 +96,32 @@ impl StoreRegistry {
         self.open_reporting(id).map(|(store, _)| store)
     }
 
-    /// Like [`Self::open`], also telling whether this call opened it first.
+    /// Like [`Self::open`], also telling whether this call opened it first. A store of a database
+    /// new to its tenant is created only while the tenant has fewer than the limit.
     pub fn open_reporting(&self, id: &StoreId) -> Result<(SharedStore, bool), StoreError> {
+        self.open_inner(id, self.max_databases_per_tenant)
+    }
+
+    fn open_inner(&self, id: &StoreId, limit: usize) -> Result<(SharedStore, bool), StoreError> {
         let mut stores = self.stores.lock().expect("store map");
         if let Some(store) = stores.get(id) {
             return Ok((store.clone(), false));
+        }
+        let known_database = stores
+            .keys()
+            .any(|s| s.tenant_id == id.tenant_id && s.db_id == id.db_id);
+        if !known_database {
+            let databases: std::collections::HashSet<&str> = stores
+                .keys()
+                .filter(|s| s.tenant_id == id.tenant_id)
+                .map(|s| s.db_id.as_str())
+                .collect();
+            if databases.len() >= limit {
+                return Err(StoreError::TooManyDatabases {
+                    tenant: id.tenant_id.clone(),
+                    limit,
+                });
+            }
         }
         let store: SharedStore = match &self.backend {
             StorageBackend::Memory => Arc::new(MemoryStore::new(id.clone(), self.changes.clone())),
@@ -99,7 +149,7 @@ impl StoreRegistry {
             if let ["store", tenant, db_id, kind] = parts[..] {
                 let kind = crate::wire::StoreKind::parse(kind);
                 if let Some(id) = kind.and_then(|k| StoreId::new(tenant, db_id, k).ok()) {
-                    self.open(&id)?;
+                    self.open_inner(&id, usize::MAX)?;
                     opened += 1;
                 }
             }
@@ -177,6 +227,23 @@ impl StoreRegistry {
                 store: "all".into(),
                 source,
             })?;
+        }
+        Ok(())
+    }
+
+    /// Writes and flushes a small probe record: whether the storage takes writes now (after a
+    /// full disk, whether space came back and the engine recovered).
+    pub async fn probe_write(&self) -> Result<(), StoreError> {
+        if let StorageBackend::Sled(db) = &self.backend {
+            let sled_err = |source| StoreError::Sled {
+                store: "probe".into(),
+                source,
+            };
+            let tree = db.open_tree(PROBE_TREE).map_err(sled_err)?;
+            // A value of some size, so that a nearly full disk fails the probe as it fails writes.
+            tree.insert(b"probe", vec![0u8; 64 * 1024])
+                .map_err(sled_err)?;
+            db.flush_async().await.map_err(sled_err)?;
         }
         Ok(())
     }

@@ -84,16 +84,20 @@ fn doc_batch_key(doc_id: &str, first_ro: u64) -> Vec<u8> {
     [doc_prefix(doc_id), first_ro.to_be_bytes().to_vec()].concat()
 }
 
-/// A list of entry ids as stored in the index values: each id as one length byte and its bytes
-/// (ids are at most 64 bytes, spec §1.2).
+/// A list of entry ids as stored in the index values: each id as one length byte and its bytes.
+/// Every id is 1 to 250 bytes: [`check_payload`] refuses any other entry before a batch is
+/// prepared, and `push` refuses again rather than write a length it cannot represent. An empty id
+/// is a tombstone (below).
 #[derive(Debug, Default)]
 struct IdList(Vec<u8>);
 
 impl IdList {
     fn push(&mut self, id: &str) {
-        debug_assert!(
+        // Refuse rather than write a length that reads back as another id (an empty id is a
+        // tombstone; entries with one never get here).
+        assert!(
             id.len() <= u8::MAX as usize,
-            "ids are validated to 64 bytes"
+            "entry ids are validated (at most 250 bytes) before they are indexed"
         );
         self.0.push(id.len() as u8);
         self.0.extend_from_slice(id.as_bytes());

@@ -32,7 +32,23 @@ pub struct SyncState {
     pub source_epoch: Option<String>,
     pub target_epoch: Option<String>,
     pub cursor: Option<ScanCursor>,
+    /// Ids behind the cursor that were neither stored nor refused for good: held back for a
+    /// reason that can change, retried by later passes (see [`Admitted::held`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<String>,
+    /// What the held ids were last tried against ([`Admission::generation`]) and when (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_generation: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_tried_ms: Option<i64>,
 }
+
+/// Held ids a link may carry; past this the cursor stops (the pass fails) until some are
+/// resolved, so that nothing is ever passed over without a trace.
+pub const MAX_HELD: usize = 10_000;
+
+/// How often held ids are retried when nothing observable changed (a target's directory, say).
+pub const HELD_RETRY_MS: i64 = 60_000;
 
 impl SyncState {
     fn position(&self) -> u64 {
@@ -43,7 +59,27 @@ impl SyncState {
 /// Checks entries before a target stores them (pulls into a local store verify signatures and
 /// hashes here; a remote target verifies on its own).
 pub trait Admission: Send + Sync {
-    fn admit(&self, entries: Vec<Entry>) -> (Vec<Entry>, Vec<Rejection>);
+    fn admit(&self, entries: Vec<Entry>) -> Admitted;
+
+    /// Identifies what verdicts depend on that can change (the directory): held ids are retried
+    /// when it differs from the one they were last tried against.
+    fn generation(&self) -> String;
+}
+
+/// The verdict on a batch: entries to store, entries refused for good (a reason that cannot
+/// change: a bad hash or signature), and ids held back for a reason that can (an author the
+/// directory does not know yet).
+#[derive(Debug, Default)]
+pub struct Admitted {
+    pub accepted: Vec<Entry>,
+    pub rejected: Vec<Rejection>,
+    pub held: Vec<String>,
+}
+
+/// Whether a target's refusal can change later: a MindooDB server refuses an author it does not
+/// trust *yet* with this text (spec §4.11); every other reason is about the entry itself.
+pub fn is_retryable_refusal(reason: &str) -> bool {
+    reason.ends_with("was not signed by a trusted user")
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +120,8 @@ pub struct SyncReport {
     pub transferred: u64,
     pub bytes: u64,
     pub rejected: Vec<Rejection>,
+    /// Ids held back after this pass (see [`SyncState::held`]).
+    pub held: u64,
     /// Ids the bloom summary called "maybe present" that `hasEntries` found missing.
     pub bloom_false_positives: u64,
     /// Source entries past the cursor after the pass (0 when caught up).
@@ -151,12 +189,17 @@ pub async fn transfer(
     let epochs_changed = state.source_epoch.as_deref() != Some(source_head.epoch.as_str())
         || state.target_epoch != target_epoch;
     if epochs_changed {
+        // A rescan from the start meets the held ids again: they are forgotten with the cursor.
         *state = SyncState {
             source_epoch: Some(source_head.epoch.clone()),
             target_epoch,
-            cursor: None,
+            ..SyncState::default()
         };
+    } else if !state.held.is_empty() {
+        retry_held(source, target, state, options, admission, &mut report).await?;
+        on_page(state, &Progress::default());
     }
+    report.held = state.held.len() as u64;
     if state.position() >= source_head.max_receipt_order && !epochs_changed {
         report.idle = true;
         return Ok(report);
@@ -211,7 +254,8 @@ pub async fn transfer(
             .buffered(options.max_in_flight.max(1));
         // `buffered` yields in order: when a page's end comes out, every batch before it is stored.
         while let Some(done) = done.next().await {
-            let (moved, page_end) = done?;
+            let (mut moved, page_end) = done?;
+            hold(state, std::mem::take(&mut moved.held))?;
             report.add(moved);
             if let Some(PageEnd { cursor, scanned }) = page_end {
                 progress.scanned += scanned;
@@ -229,6 +273,7 @@ pub async fn transfer(
     // A mover's error first: it is why the scanner stopped early.
     moved?;
     report.bloom_false_positives += scanned?;
+    report.held = state.held.len() as u64;
     report.lag = source_head
         .max_receipt_order
         .saturating_sub(state.position());
@@ -254,6 +299,74 @@ struct Moved {
     count: u64,
     bytes: u64,
     rejected: Vec<Rejection>,
+    held: Vec<String>,
+}
+
+/// Adds ids to the held set; fails (so that the cursor does not move on) past [`MAX_HELD`].
+fn hold(state: &mut SyncState, ids: Vec<String>) -> Result<(), StoreError> {
+    for id in ids {
+        if !state.held.contains(&id) {
+            state.held.push(id);
+        }
+    }
+    if state.held.len() > MAX_HELD {
+        return Err(StoreError::Held {
+            held: state.held.len(),
+            limit: MAX_HELD,
+        });
+    }
+    Ok(())
+}
+
+/// Tries the held ids again when what their verdict depends on changed (or, for a remote target
+/// whose directory cannot be observed, every [`HELD_RETRY_MS`]): those stored or refused for
+/// good leave the held set.
+async fn retry_held(
+    source: &dyn ContentAddressedStore,
+    target: &dyn ContentAddressedStore,
+    state: &mut SyncState,
+    options: SyncOptions,
+    admission: Option<&dyn Admission>,
+    report: &mut SyncReport,
+) -> Result<(), StoreError> {
+    let now = crate::server::now_ms();
+    let generation = admission.map(|a| a.generation());
+    let due = match &generation {
+        Some(g) => state.held_generation.as_ref() != Some(g),
+        None => state
+            .held_tried_ms
+            .is_none_or(|t| now.saturating_sub(t) >= HELD_RETRY_MS),
+    };
+    if !due {
+        return Ok(());
+    }
+    let held = std::mem::take(&mut state.held);
+    let mut still_held = Vec::new();
+    let size = options.batch_size.max(1);
+    for (i, batch) in held.chunks(size).enumerate() {
+        match move_batch(source, target, batch.to_vec(), admission).await {
+            Ok(mut moved) => {
+                still_held.append(&mut moved.held);
+                report.add(moved);
+            }
+            Err(e) => {
+                // Everything not settled stays held for the next try.
+                still_held.extend_from_slice(&held[i * size..]);
+                state.held = still_held;
+                return Err(e);
+            }
+        }
+    }
+    if !still_held.is_empty() {
+        tracing::debug!(
+            held = still_held.len(),
+            "held entries still held after a retry"
+        );
+    }
+    state.held = still_held;
+    state.held_generation = generation;
+    state.held_tried_ms = Some(now);
+    Ok(())
 }
 
 impl SyncReport {
@@ -394,9 +507,16 @@ async fn move_batch(
     admission: Option<&dyn Admission>,
 ) -> Result<Moved, StoreError> {
     let entries = source.get_entries(&ids).await?;
-    let (entries, mut rejected) = match admission {
+    let Admitted {
+        accepted: entries,
+        mut rejected,
+        mut held,
+    } = match admission {
         Some(a) => a.admit(entries),
-        None => (entries, Vec::new()),
+        None => Admitted {
+            accepted: entries,
+            ..Admitted::default()
+        },
     };
     let mut count = entries.len() as u64;
     let bytes = entries.iter().map(|e| e.encrypted_data.len() as u64).sum();
@@ -407,7 +527,13 @@ async fn move_batch(
             .then(|| entries.iter().map(|e| e.metadata.clone()).collect());
         let outcome = target.push_entries(entries).await?;
         count = count.saturating_sub(outcome.rejected.len() as u64);
-        rejected.extend(outcome.rejected);
+        for refusal in outcome.rejected {
+            if is_retryable_refusal(&refusal.reason) {
+                held.push(refusal.id);
+            } else {
+                rejected.push(refusal);
+            }
+        }
         if let Some(pushed) = pushed {
             let receipts = verified_receipts(&pushed, &outcome.receipts, &source.id().db_id);
             if !receipts.is_empty() {
@@ -419,6 +545,7 @@ async fn move_batch(
         count,
         bytes,
         rejected,
+        held,
     })
 }
 
@@ -577,7 +704,7 @@ mod tests {
     /// Rejects ids ending in 7, like a verifier refusing a forged entry.
     struct RefuseSevens;
     impl Admission for RefuseSevens {
-        fn admit(&self, entries: Vec<Entry>) -> (Vec<Entry>, Vec<Rejection>) {
+        fn admit(&self, entries: Vec<Entry>) -> Admitted {
             let (bad, good): (Vec<_>, Vec<_>) = entries
                 .into_iter()
                 .partition(|e| e.metadata.id.ends_with('7'));
@@ -588,7 +715,37 @@ mod tests {
                     reason: "forged".into(),
                 })
                 .collect();
-            (good, rejected)
+            Admitted {
+                accepted: good,
+                rejected,
+                held: Vec::new(),
+            }
+        }
+
+        fn generation(&self) -> String {
+            "fixed".into()
+        }
+    }
+
+    /// Holds ids ending in 5 until it is told to trust their author (a directory update).
+    struct TrustLater(std::sync::atomic::AtomicBool);
+    impl Admission for TrustLater {
+        fn admit(&self, entries: Vec<Entry>) -> Admitted {
+            let trusted = self.0.load(std::sync::atomic::Ordering::Relaxed);
+            let (held, accepted): (Vec<_>, Vec<_>) = entries
+                .into_iter()
+                .partition(|e| !trusted && e.metadata.id.ends_with('5'));
+            Admitted {
+                accepted,
+                rejected: Vec::new(),
+                held: held.into_iter().map(|e| e.metadata.id).collect(),
+            }
+        }
+
+        fn generation(&self) -> String {
+            self.0
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .to_string()
         }
     }
 
@@ -758,6 +915,53 @@ mod tests {
             .unwrap()
             .iter()
             .any(|id| id.ends_with('7')));
+    }
+
+    /// The cursor moves on past held entries but they are remembered with it (and survive a
+    /// save/load of the state), are not retried while nothing changed, and are stored once the
+    /// admission's generation changes.
+    #[tokio::test]
+    async fn held_entries_are_remembered_and_stored_when_the_directory_changes() {
+        let (a, b) = (store(), store());
+        a.put_entries(entries("a", 30)).await.unwrap();
+        let admission = TrustLater(std::sync::atomic::AtomicBool::new(false));
+        let mut state = SyncState::default();
+        let mut hook = |_: &SyncState, _: &Progress| {};
+        let options = SyncOptions::default();
+        let report = transfer(&a, &b, &mut state, options, Some(&admission), &mut hook)
+            .await
+            .unwrap();
+        assert_eq!(report.transferred, 27);
+        assert_eq!(report.held, 3);
+        assert!(report.rejected.is_empty(), "held is not refused");
+        assert_eq!(report.lag, 0, "the cursor moved on");
+        let mut held = state.held.clone();
+        held.sort();
+        assert!(held.iter().all(|id| id.ends_with('5')) && held.len() == 3);
+
+        // Persisted and loaded again, as the sync service does between passes.
+        let mut state: SyncState =
+            serde_json::from_slice(&serde_json::to_vec(&state).unwrap()).unwrap();
+        a.put_entries(entries("b", 2)).await.unwrap();
+        let report = transfer(&a, &b, &mut state, options, Some(&admission), &mut hook)
+            .await
+            .unwrap();
+        assert_eq!(
+            report.transferred, 2,
+            "only the new entries; nothing changed for the held"
+        );
+        assert_eq!(state.held.len(), 3);
+
+        admission
+            .0
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let report = transfer(&a, &b, &mut state, options, Some(&admission), &mut hook)
+            .await
+            .unwrap();
+        assert_eq!(report.transferred, 3, "the held entries, retried");
+        assert!(report.idle, "nothing new past the cursor");
+        assert!(state.held.is_empty());
+        assert_eq!(b.get_all_ids().await.unwrap().len(), 32);
     }
 
     #[tokio::test]

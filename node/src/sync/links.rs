@@ -54,6 +54,9 @@ pub struct StoreFigures {
     pub pushed: u64,
     /// Passes that started from the beginning (first sync or an epoch change).
     pub full_scans: u64,
+    /// Entries held back for a reason that can change (pulled: an author the directory does not
+    /// know yet; pushed: refused by the upstream as untrusted), retried later.
+    pub held: u64,
 }
 
 pub struct Link {
@@ -165,7 +168,7 @@ impl Link {
         new
     }
 
-    fn usable(&self) -> bool {
+    pub fn usable(&self) -> bool {
         let h = self.health.lock().expect("health");
         !h.cycle && h.down_until.is_none_or(|t| Instant::now() >= t)
     }
@@ -288,6 +291,7 @@ impl Link {
             pulled: f.pulled,
             pushed: f.pushed,
             full_scans: f.full_scans,
+            held: f.held,
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::Notify;
 
-use super::engine::{self, Admission, SyncOptions, SyncState};
+use super::engine::{self, Admission, Admitted, SyncOptions, SyncState};
 use super::links::{Link, LinkError};
 use crate::client::transport::SseParser;
 use crate::config::UpstreamMode;
@@ -22,7 +22,7 @@ use crate::server::ingest::{self, IngestInput};
 use crate::server::SharedState;
 use crate::status::LinkKind;
 use crate::store::{ContentAddressedStore, PushOutcome, StoreError};
-use crate::wire::{ChangeEventData, Entry, Rejection, StoreId, StoreKind};
+use crate::wire::{ChangeEventData, Entry, StoreId, StoreKind};
 
 /// Which directions a store needs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -38,9 +38,16 @@ pub struct SyncQueue {
     wake: Notify,
 }
 
+/// Stores waiting at once; a request beyond is dropped (the next touch asks again). Readers can
+/// name databases faster than a pass opens them; this bounds what they can queue.
+const MAX_PENDING: usize = 10_000;
+
 impl SyncQueue {
     pub fn request(&self, id: StoreId, want: Want) {
         let mut pending = self.pending.lock().expect("pending");
+        if pending.len() >= MAX_PENDING && !pending.contains_key(&id) {
+            return;
+        }
         let w = pending.entry(id).or_default();
         w.pull |= want.pull;
         w.push |= want.push;
@@ -48,13 +55,43 @@ impl SyncQueue {
         self.wake.notify_one();
     }
 
+    pub fn is_queued(&self, id: &StoreId) -> bool {
+        self.pending.lock().expect("pending").contains_key(id)
+    }
+
     fn take(&self) -> HashMap<StoreId, Want> {
         std::mem::take(&mut *self.pending.lock().expect("pending"))
     }
 }
 
-/// Verifies pulled entries like pushed ones (trusted author, content hash, signature), without
-/// stamping: a relay passes its upstream's receipts through.
+/// Stores a node with upstreams has caught up on since it started: a pull pass with each ended
+/// with nothing left past its cursor. Until then a relay serves the store from its upstream, and
+/// readiness waits for every carried store.
+#[derive(Default)]
+pub struct CaughtUp(Mutex<HashSet<StoreId>>);
+
+impl CaughtUp {
+    pub fn contains(&self, id: &StoreId) -> bool {
+        self.0.lock().expect("caught up").contains(id)
+    }
+
+    fn insert(&self, id: &StoreId) {
+        let mut set = self.0.lock().expect("caught up");
+        if !set.contains(id) {
+            tracing::info!(store = %id, "caught up with the upstream; serving the local copy");
+            set.insert(id.clone());
+        }
+    }
+}
+
+/// Verifies pulled entries like pushed ones (content hash, size, signature), without stamping: a
+/// relay passes its upstream's receipts through.
+///
+/// Authors: an entry the upstream accepted is history, so its author needs to be *known* to this
+/// node's directory, not active — revoking a user stops their new writes, it does not unmake what
+/// they wrote before (the reference server does not re-check pulled entries at all). An author
+/// the directory does not know (yet), or a tenant it does not carry (yet), holds the entry back:
+/// it is retried when the directory changes, never passed over.
 pub struct DirectoryAdmission {
     pub state: SharedState,
     pub directory: Arc<Directory>,
@@ -63,37 +100,48 @@ pub struct DirectoryAdmission {
 }
 
 impl Admission for DirectoryAdmission {
-    fn admit(&self, entries: Vec<Entry>) -> (Vec<Entry>, Vec<Rejection>) {
+    fn admit(&self, entries: Vec<Entry>) -> Admitted {
         let Some(tenant) = self.directory.tenant(&self.store.tenant_id) else {
-            let rejected = entries
-                .iter()
-                .map(|e| Rejection {
-                    id: e.metadata.id.clone(),
-                    reason: format!(
-                        "tenant {} is not in this node's directory",
-                        self.store.tenant_id
-                    ),
-                })
-                .collect();
-            return (Vec::new(), rejected);
+            return Admitted {
+                held: entries.into_iter().map(|e| e.metadata.id).collect(),
+                ..Admitted::default()
+            };
         };
         let input = IngestInput {
             directory: tenant,
             db_id: &self.store.db_id,
             witness: None,
             now_ms: crate::server::now_ms(),
+            history: true,
         };
         let plan = ingest::plan(&input, entries, &HashMap::new());
-        for (reason, rejection) in plan.reasons.iter().zip(&plan.rejected) {
+        let mut admitted = Admitted {
+            accepted: plan.accepted,
+            ..Admitted::default()
+        };
+        for (reason, rejection) in plan.reasons.into_iter().zip(plan.rejected) {
+            if reason == ingest::RejectReason::UntrustedAuthor {
+                tracing::info!(link = %self.link, store = %self.store, id = %rejection.id,
+                    "entry from a link held back: its author is not in this node's directory yet");
+                admitted.held.push(rejection.id);
+                continue;
+            }
             self.state
                 .metrics
                 .verification_failures
                 .with_label_values(&[reason.label()])
                 .inc();
             tracing::warn!(link = %self.link, store = %self.store, id = %rejection.id,
-                reason = %rejection.reason, "entry from a link rejected");
+                reason = %rejection.reason, "entry from a link refused for good");
+            admitted.rejected.push(rejection);
         }
-        (plan.accepted, plan.rejected)
+        admitted
+    }
+
+    fn generation(&self) -> String {
+        self.directory
+            .tenant(&self.store.tenant_id)
+            .map_or_else(|| "absent".into(), |t| t.fingerprint())
     }
 }
 
@@ -164,6 +212,9 @@ async fn sync_with_link(
         )
         .await?;
         save_state(state, &key, &cursor);
+        if link.kind == LinkKind::Upstream && report.lag == 0 {
+            state.caught_up.insert(id);
+        }
         record_pass(state, link, id, Direction::Pull, &report);
     }
     if want.push {
@@ -239,11 +290,16 @@ fn record_pass(
         .sync_lag
         .with_label_values(&[&link.name, &id.tenant_id, &id.db_id, id.kind.as_str(), dir])
         .set(report.lag as i64);
+    metrics
+        .held_entries
+        .with_label_values(&[&link.name, &id.tenant_id, &id.db_id, id.kind.as_str()])
+        .set(report.held as i64);
     if report.transferred > 0 {
         tracing::info!(link = %link.name, store = %id, entries = report.transferred,
             full_scan = report.full_scan, direction = dir, "synced");
     }
     link.update_figures(id, |f| {
+        f.held = report.held;
         match direction {
             Direction::Pull => {
                 f.pull_lag = report.lag;
@@ -318,6 +374,31 @@ async fn sync_store(state: &SharedState, id: &StoreId, want: Want) {
             Err(e) => record_failure(state, &link, id, &e),
         }
     }
+}
+
+/// Entries held back over all links and stores (see `StoreFigures::held`).
+pub fn held_entries(state: &SharedState) -> u64 {
+    let Some(links) = &state.links else {
+        return 0;
+    };
+    state
+        .stores
+        .opened()
+        .iter()
+        .map(|s| links.all().map(|l| l.figures(s.id()).held).sum::<u64>())
+        .sum()
+}
+
+/// Carried stores a relay has not caught up on since it started (0 for other roles): while any
+/// is left the relay is not ready.
+pub fn catching_up(state: &SharedState) -> usize {
+    if state.config.role != crate::config::Role::Relay {
+        return 0;
+    }
+    carried_stores(state)
+        .iter()
+        .filter(|id| !state.caught_up.contains(id))
+        .count()
 }
 
 /// Stores the node carries: configured databases (both kinds) and every store opened locally.

@@ -51,11 +51,15 @@ pub async fn node_status(state: &SharedState) -> NodeStatus {
         state.config.role,
         Role::Relay | Role::Edge | Role::Passthrough
     );
-    let ready = !needs_upstream
-        || state
-            .links
-            .as_ref()
-            .is_some_and(|l| l.any_upstream_connected());
+    let catching_up = crate::sync::service::catching_up(state) as u64;
+    let storage_failure = state.storage_health.failure().map(|f| f.reason);
+    let ready = storage_failure.is_none()
+        && catching_up == 0
+        && (!needs_upstream
+            || state
+                .links
+                .as_ref()
+                .is_some_and(|l| l.any_upstream_connected()));
     NodeStatus {
         node_id: state.node_id.clone(),
         name: state.config.name.clone(),
@@ -69,5 +73,8 @@ pub async fn node_status(state: &SharedState) -> NodeStatus {
         entries,
         max_lag,
         queued_writes: crate::sync::service::queued_writes(state).await,
+        catching_up,
+        storage_failure,
+        held_entries: crate::sync::service::held_entries(state),
     }
 }

@@ -177,6 +177,16 @@ impl FrameWriter {
         writer
     }
 
+    /// A chunked writer of further frames of a body whose header (and first frames) another
+    /// writer wrote: a streamed response written group by group.
+    pub fn continuation(chunk: usize) -> Self {
+        FrameWriter {
+            buf: Vec::with_capacity(chunk_capacity(chunk)),
+            chunk: Some(chunk),
+            done: Vec::new(),
+        }
+    }
+
     /// Hands the buffer on as a chunk once it is full (chunked writers only).
     fn end_frame(&mut self) {
         if let Some(chunk) = self.chunk {

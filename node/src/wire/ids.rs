@@ -17,6 +17,50 @@ pub enum IdError {
     DbFormat(String),
     #[error("dbId \"{0}\" must be at most 64 characters")]
     DbTooLong(String),
+    #[error("entry id must be a non-empty string")]
+    EntryIdEmpty,
+    #[error("entry id is too long: {encoded} bytes URI-encoded, at most {MAX_ENCODED_ENTRY_ID}")]
+    EntryIdTooLong { encoded: usize },
+}
+
+/// Longest entry id, URI-encoded (`encodeURIComponent`): the reference's on-disk store keeps every
+/// entry in a file named `encodeURIComponent(id) + ".json"` (spec §5.3), and no Linux file system
+/// takes a name longer than 255 bytes, so the reference server cannot hold a longer id. Ids a
+/// MindooDB client makes are far shorter (`<docId>_d_<8 hex>_<64 hex>`, about 100 bytes).
+pub const MAX_ENCODED_ENTRY_ID: usize = 255 - ".json".len();
+
+/// Length of `encodeURIComponent(text)`: unreserved ASCII stays one byte, every other byte of the
+/// UTF-8 text becomes `%XX`.
+fn uri_encoded_len(text: &str) -> usize {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
+                1
+            } else {
+                3
+            }
+        })
+        .sum()
+}
+
+/// Validates an entry id: what the reference server can store (non-empty, at most
+/// [`MAX_ENCODED_ENTRY_ID`] bytes URI-encoded, hence at most 250 bytes raw). Every path that
+/// stores an entry checks this, so the stores' one-byte id lengths can never be misread.
+pub fn validate_entry_id(id: &str) -> Result<(), IdError> {
+    if id.is_empty() {
+        return Err(IdError::EntryIdEmpty);
+    }
+    // Cheap bound first: a raw id over the limit is over it encoded too.
+    if id.len() > MAX_ENCODED_ENTRY_ID {
+        return Err(IdError::EntryIdTooLong {
+            encoded: uri_encoded_len(id),
+        });
+    }
+    let encoded = uri_encoded_len(id);
+    if encoded > MAX_ENCODED_ENTRY_ID {
+        return Err(IdError::EntryIdTooLong { encoded });
+    }
+    Ok(())
 }
 
 /// Lower-cases and validates a tenant id from a path segment: `^[a-z0-9][a-z0-9_-]*$`, 1–64 chars.
@@ -125,6 +169,30 @@ mod tests {
         assert_eq!(normalize_tenant_id(""), Err(IdError::Tenant));
         assert!(normalize_tenant_id(&"a".repeat(65)).is_err());
         assert!(normalize_tenant_id(&"a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn entry_ids_are_what_the_reference_store_can_name_a_file_after() {
+        let client_made = "65a1b2c3d4e5f60718293a4b_d_0a1b2c3d_".to_string() + &"f".repeat(64);
+        assert!(validate_entry_id(&client_made).is_ok());
+        assert_eq!(validate_entry_id(""), Err(IdError::EntryIdEmpty));
+        assert!(validate_entry_id(&"a".repeat(250)).is_ok());
+        assert_eq!(
+            validate_entry_id(&"a".repeat(251)),
+            Err(IdError::EntryIdTooLong { encoded: 251 })
+        );
+        assert_eq!(
+            validate_entry_id(&"a".repeat(300)),
+            Err(IdError::EntryIdTooLong { encoded: 300 })
+        );
+        // Escaped bytes count three: 84 × "/" is 252 encoded.
+        assert!(validate_entry_id(&"/".repeat(83)).is_ok());
+        assert_eq!(
+            validate_entry_id(&"/".repeat(84)),
+            Err(IdError::EntryIdTooLong { encoded: 252 })
+        );
+        // "é" is two UTF-8 bytes, six encoded.
+        assert_eq!(uri_encoded_len("é!~*'()"), 12);
     }
 
     #[test]

@@ -189,4 +189,5 @@ fn pods_are_locked_down_and_mount_what_the_config_names() {
         .as_ref()
         .unwrap();
     assert_eq!(probe.scheme.as_deref(), Some("HTTPS"));
+    assert_eq!(probe.path.as_deref(), Some("/ready"));
 }

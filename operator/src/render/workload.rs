@@ -160,7 +160,9 @@ pub fn pod_template(node: &str, spec: &SyncNodeSpec, inputs: &PodInputs<'_>) -> 
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        readiness_probe: Some(probe("/health", 5)),
+        // Ready: storage writable, upstream connected, carried stores caught up (a relay not
+        // yet caught up gets no clients); alive: not wedged.
+        readiness_probe: Some(probe("/ready", 5)),
         liveness_probe: Some(probe("/health", 20)),
         resources: spec.resources.clone(),
         volume_mounts: Some(mounts),
