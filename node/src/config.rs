@@ -154,6 +154,9 @@ pub struct StorageConfig {
     pub kind: StorageKind,
     /// sled page cache; bounds resident memory of large stores.
     pub cache_capacity_bytes: u64,
+    /// Free space the data directory's file system keeps: writes are refused (507) below it,
+    /// before the engine meets a full disk.
+    pub min_free_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -161,6 +164,7 @@ impl Default for StorageConfig {
         StorageConfig {
             kind: StorageKind::Sled,
             cache_capacity_bytes: 128 * 1024 * 1024,
+            min_free_bytes: 64 * 1024 * 1024,
         }
     }
 }

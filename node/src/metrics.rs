@@ -214,8 +214,8 @@ impl Metrics {
             ),
             held_entries: gauge(
                 "syncrelay_held_entries",
-                "Pulled entries held back until this node's directory knows their author",
-                &["link", "tenant", "db", "kind"],
+                "Entries held back for a reason that can change (pull: an author this node's directory does not know yet; push: refused upstream as untrusted)",
+                &["link", "tenant", "db", "kind", "direction"],
             ),
             storage_unwritable: plain_gauge(
                 &registry,

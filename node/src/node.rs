@@ -107,6 +107,7 @@ pub fn build_state(config: NodeConfig) -> anyhow::Result<SharedState> {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let backend = StorageBackend::sled(&dir, config.storage.cache_capacity_bytes)?;
             StoreRegistry::new(backend, Some(config.data_dir.clone()))
+                .with_space_guard(dir, config.storage.min_free_bytes)
         }
     }
     .with_database_limit(config.limits.max_databases_per_tenant);
@@ -243,7 +244,15 @@ pub async fn serve(
             let mut server = axum_server::from_tcp(listener)
                 .acceptor(acceptor)
                 .handle(handle);
-            configure(server.http_builder());
+            // Plain HTTP speaks HTTP/1.1 only, as MindooDB clients do: an h2c connection that
+            // opens no stream is not bounded by the header timeout and would hold its place.
+            let builder = server.http_builder();
+            *builder = std::mem::replace(
+                builder,
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new()),
+            )
+            .http1_only();
+            configure(builder);
             server.serve(app).await?
         }
     }
@@ -259,8 +268,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// While the storage refuses writes, probes it every two seconds and clears the mark once a probe
-/// write is durable again (space came back). A failure of the pull path marks it too.
+/// While the storage refuses writes, probes it every two seconds: the mark is cleared once there is
+/// room again, and the storage called wedged when the engine fails reads.
 async fn watch_storage(state: SharedState) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
@@ -268,18 +277,14 @@ async fn watch_storage(state: SharedState) {
         if state.storage_health.writable() {
             continue;
         }
-        match state.stores.probe_write().await {
+        match state.stores.probe() {
             Ok(()) => {
                 state.storage_health.recovered();
                 state.metrics.storage_unwritable.set(0);
             }
             Err(e) => {
                 tracing::debug!(error = %e, "storage still refuses writes");
-                let free = state
-                    .stores
-                    .data_dir()
-                    .and_then(crate::store::health::free_bytes);
-                state.storage_health.probe_failed(free);
+                state.storage_health.probe_failed(!e.is_disk_full());
             }
         }
     }

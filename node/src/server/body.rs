@@ -92,7 +92,15 @@ pub async fn bounded_body(
             Allowance::Unauthenticated(e) => e.into_response(),
         }
     };
-    if declared.is_some_and(|n| n > limit) {
+    if let Some(n) = declared.filter(|n| *n > limit) {
+        // Answered at once, but the body is read and dropped (never kept) in the background, up
+        // to a bound: a client writes its whole body before it reads the answer, and a
+        // connection closed under it would lose the 413 (which makes the reference client split
+        // its batch) or the 401 (which makes it log in again) to a broken pipe.
+        if n <= drain_bound(&state) {
+            let deadline = Duration::from_millis(state.config.limits.body_timeout_ms.max(1));
+            tokio::spawn(drain(body, n, deadline));
+        }
         return over(allowance);
     }
     if declared == Some(0) || (declared.is_none() && !carries_body(&parts.headers)) {
@@ -132,6 +140,28 @@ pub async fn bounded_body(
         .await;
     drop(permit);
     response
+}
+
+/// The largest refused body still drained so that its sender can read the answer.
+fn drain_bound(state: &SharedState) -> u64 {
+    state.config.limits.max_body_bytes.saturating_mul(4)
+}
+
+/// Reads and drops up to `max` bytes of a refused body, within `deadline`.
+async fn drain(mut body: Body, max: u64, deadline: Duration) {
+    use http_body_util::BodyExt;
+    let _ = tokio::time::timeout(deadline, async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                seen += data.len() as u64;
+                if seen > max {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
 }
 
 fn refused(state: &SharedState, reason: &str) {

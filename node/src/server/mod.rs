@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod ingest;
 pub mod limits;
+pub mod responses;
 pub mod sync;
 
 use std::net::SocketAddr;

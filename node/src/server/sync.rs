@@ -17,12 +17,12 @@ use serde::Serialize;
 
 use super::error::{ApiError, INVALID_TOKEN, MISSING_AUTH};
 use super::ingest::{self, IngestInput, Witness};
-use super::{now_ms, resolve_tenant, tenant_dir, ClientIp, SharedState};
+use super::{now_ms, resolve_tenant, responses, tenant_dir, ClientIp, SharedState};
 use crate::config::Role;
-use crate::crypto::transport::{hybrid_encrypt, random_iv, SessionKey, AES_TAG_LEN};
+use crate::crypto::transport::{hybrid_encrypt, SessionKey};
 use crate::directory::{Directory, Principal};
 use crate::store::registry::SharedStore;
-use crate::store::{PutSummary, RawEntry};
+use crate::store::PutSummary;
 use crate::wire::*;
 
 /// Operations served by `POST /:tenantId/sync/:storeKind/:op`.
@@ -371,12 +371,12 @@ pub async fn dispatch(
             check_len("ids", r.ids.len(), MAX_IDS_PER_REQUEST)?;
             // Each entry once, however often it is named: a response is never larger than the
             // distinct entries it holds.
-            let ids = distinct(r.ids);
+            let ids = responses::distinct(r.ids);
             let store = ctx.store(&db)?;
             if op == "getEntriesBinary" {
-                return binary_response(&ctx, store, ids).await;
+                return responses::binary(&ctx, store, ids).await;
             }
-            let entries = read_within_cap(&ctx, &store, &ids).await?;
+            let entries = responses::read_within_cap(&ctx, &store, ids).await?;
             let session = r.session_key_wrap == Some(true);
             let reader = ctx.principal.clone();
             crate::cpu::run(move || wrap_entries(&reader, entries, session))
@@ -399,180 +399,6 @@ pub async fn dispatch(
         }
     }
 }
-
-/// `ids` without repeats, in the order of their first appearance.
-fn distinct(ids: Vec<String>) -> Vec<String> {
-    let mut seen = std::collections::HashSet::with_capacity(ids.len());
-    ids.into_iter()
-        .filter(|id| seen.insert(id.clone()))
-        .collect()
-}
-
-/// Ids read from the store at a time when a response is assembled: one group covers a stock
-/// client's request (250 ids), a larger request is read, checked against the response cap and
-/// sent group by group.
-const READ_GROUP: usize = 256;
-
-fn response_too_large(ctx: &SyncCtx, cap: u64) -> ApiError {
-    ctx.state
-        .metrics
-        .requests_refused
-        .with_label_values(&["response_too_large"])
-        .inc();
-    ApiError::ResponseTooLarge(format!(
-        "The entries requested hold more than this server's response limit of {cap} bytes; request fewer ids at a time"
-    ))
-}
-
-/// Full entries for the JSON format, read group by group: 413 as soon as their payloads pass
-/// `maxResponseBytes`, before more is read.
-async fn read_within_cap(
-    ctx: &SyncCtx,
-    store: &SharedStore,
-    ids: &[String],
-) -> Result<Vec<Entry>, ApiError> {
-    let cap = ctx.state.config.limits.max_response_bytes;
-    let mut entries = Vec::new();
-    let mut bytes = 0u64;
-    for group in ids.chunks(READ_GROUP) {
-        let read = store.get_entries(group).await?;
-        bytes += read
-            .iter()
-            .map(|e| e.encrypted_data.len() as u64)
-            .sum::<u64>();
-        if bytes > cap {
-            return Err(response_too_large(ctx, cap));
-        }
-        entries.extend(read);
-    }
-    Ok(entries)
-}
-
-fn payload_bytes(entries: &[RawEntry]) -> u64 {
-    entries.iter().map(|e| e.encrypted_data.len() as u64).sum()
-}
-
-/// The binary format (spec §4.10): one session key wrapped to the reader, per entry a frame of the
-/// metadata JSON with its `iv` and the AES-GCM-sealed payload.
-///
-/// A request of one read group is answered in one piece with its exact `Content-Length` (413
-/// first when it passes `maxResponseBytes`). A larger one is streamed: each group is read, sealed
-/// and sent before the next is read, so the memory a response holds is a group's, whatever its
-/// size; a stream that would pass the cap is cut off (the client sees a failed transfer, never a
-/// response silently missing entries).
-async fn binary_response(
-    ctx: &SyncCtx,
-    store: SharedStore,
-    ids: Vec<String>,
-) -> Result<Response, ApiError> {
-    let cap = ctx.state.config.limits.max_response_bytes;
-    let mut groups: std::collections::VecDeque<Vec<String>> =
-        ids.chunks(READ_GROUP).map(<[String]>::to_vec).collect();
-    let first = match groups.pop_front() {
-        Some(group) => store.get_entries_raw(&group).await?,
-        None => Vec::new(),
-    };
-    let mut sent = payload_bytes(&first);
-    if sent > cap {
-        return Err(response_too_large(ctx, cap));
-    }
-    let reader = ctx.principal.clone();
-    let session_key = crate::cpu::run(move || SessionKey::new(&reader.encryption_key))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
-    let header = serde_json::to_vec(&BinaryGetHeader {
-        format: BINARY_GET_FORMAT.into(),
-        wrapped_session_key: b64::B64(session_key.wrapped.clone()),
-    })
-    .expect("header serialises");
-    let session_key = Arc::new(session_key);
-    let writer = framing::FrameWriter::chunked(&header, RESPONSE_CHUNK);
-    let key = session_key.clone();
-    let first_chunks = crate::cpu::run(move || seal_frames(writer, &key, &first))
-        .await
-        .map_err(ApiError::internal)?;
-    let octets = (header::CONTENT_TYPE, "application/octet-stream".to_string());
-    if groups.is_empty() {
-        let length = first_chunks.iter().map(Bytes::len).sum::<usize>();
-        let body = axum::body::Body::from_stream(futures::stream::iter(
-            first_chunks
-                .into_iter()
-                .map(Ok::<_, std::convert::Infallible>),
-        ));
-        return Ok(([octets, (header::CONTENT_LENGTH, length.to_string())], body).into_response());
-    }
-    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let metrics = ctx.state.metrics.clone();
-    tokio::spawn(async move {
-        use futures::SinkExt;
-        for chunk in first_chunks {
-            if tx.send(Ok(chunk)).await.is_err() {
-                return;
-            }
-        }
-        while let Some(group) = groups.pop_front() {
-            let entries = match store.get_entries_raw(&group).await {
-                Ok(entries) => entries,
-                Err(e) => {
-                    tracing::error!(error = %e, "reading entries for a streamed response failed; cut off");
-                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                    return;
-                }
-            };
-            sent += payload_bytes(&entries);
-            if sent > cap {
-                metrics
-                    .requests_refused
-                    .with_label_values(&["response_too_large"])
-                    .inc();
-                let _ = tx
-                    .send(Err(std::io::Error::other(format!(
-                        "response passes the limit of {cap} bytes; cut off"
-                    ))))
-                    .await;
-                return;
-            }
-            let key = session_key.clone();
-            let writer = framing::FrameWriter::continuation(RESPONSE_CHUNK);
-            let chunks = match crate::cpu::run(move || seal_frames(writer, &key, &entries)).await {
-                Ok(chunks) => chunks,
-                Err(_) => return,
-            };
-            for chunk in chunks {
-                if tx.send(Ok(chunk)).await.is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    Ok(([octets], axum::body::Body::from_stream(rx)).into_response())
-}
-
-/// Writes `entries` as frames: the stored metadata JSON with `iv` spliced in as the first field,
-/// the payload copied in and sealed in place — everything written once, into the response's
-/// buffers (chunks of whole frames).
-fn seal_frames(
-    mut writer: framing::FrameWriter,
-    session_key: &SessionKey,
-    entries: &[RawEntry],
-) -> Vec<Bytes> {
-    for e in entries {
-        let iv = random_iv();
-        let sealed_len = e.encrypted_data.len() + AES_TAG_LEN;
-        writer.push_in_place(&iv, &e.metadata_json, sealed_len, |buf| {
-            let start = buf.len();
-            buf.extend_from_slice(&e.encrypted_data);
-            session_key.seal_tail(&iv, buf, start);
-        });
-    }
-    writer.finish_chunks()
-}
-
-/// Size of the buffers a `getEntriesBinary` response is written into: small enough for the
-/// allocator to reuse them (one buffer of a whole 1 000-entry response, ~2 MB, is fresh memory
-/// every time).
-const RESPONSE_CHUNK: usize = 64 * 1024;
 
 /// The JSON formats (spec §2.7, §4.9): the classic per-entry RSA envelope, or one session key per
 /// response; the per-entry work (RSA or AES) runs on every core.

@@ -1,8 +1,15 @@
-//! Whether the storage takes writes. A write that fails for the storage's own reasons (disk full,
-//! I/O error) marks it unwritable: writes are then refused at once with a clear error, reads go on,
-//! and a probe write clears the mark once the storage recovers (see `node::watch_storage`).
+//! Whether the storage takes writes.
+//!
+//! - [`SpaceGuard`]: every local write first checks that the data directory's file system keeps
+//!   `storage.minFreeBytes` free, and is refused (`DiskFull`, 507) otherwise — so that the engine
+//!   itself never meets ENOSPC: sled 0.34 turns an I/O error in its log writer into a global error
+//!   that fails every later read and write until the process restarts.
+//! - [`StorageHealth`]: a write that failed for the storage's own reasons marks it unwritable;
+//!   writes are then refused at once, reads go on, and a probe (`node::watch_storage`) clears the
+//!   mark when there is room again — or, when the engine itself fails even reads, calls it wedged
+//!   so that liveness fails and the orchestrator restarts the node.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -16,9 +23,28 @@ pub struct StorageHealth {
     wedged: AtomicBool,
 }
 
-/// Room a file system must have before a failing probe counts as a wedged engine rather than a
-/// full disk.
-pub const ROOM_FOR_PROBES: u64 = 64 * 1024 * 1024;
+/// Refuses writes while the data directory's file system has less than `min_free` bytes free.
+pub struct SpaceGuard {
+    dir: PathBuf,
+    min_free: u64,
+}
+
+impl SpaceGuard {
+    pub fn new(dir: PathBuf, min_free: u64) -> Self {
+        SpaceGuard { dir, min_free }
+    }
+
+    /// `Ok` when a write may go ahead (also when the free space cannot be read).
+    pub fn check(&self) -> Result<(), StoreError> {
+        match free_bytes(&self.dir) {
+            Some(free) if free < self.min_free => Err(StoreError::DiskFull {
+                free,
+                min_free: self.min_free,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
 
 /// Bytes an unprivileged writer can still use on the file system of `path`.
 pub fn free_bytes(path: &Path) -> Option<u64> {
@@ -52,11 +78,12 @@ impl StorageHealth {
         true
     }
 
-    /// A probe failed: wedged when the file system has room all the same.
-    pub fn probe_failed(&self, free_bytes: Option<u64>) {
-        let wedged = free_bytes.is_some_and(|free| free >= ROOM_FOR_PROBES);
+    /// A probe failed; `wedged` when the engine fails reads (only a restart recovers it).
+    pub fn probe_failed(&self, wedged: bool) {
         if wedged && !self.wedged.swap(true, Ordering::Relaxed) {
-            tracing::error!("storage refuses writes although the disk has room; liveness fails so that the node is restarted");
+            tracing::error!(
+                "the storage engine fails reads; liveness fails so that the node is restarted"
+            );
         }
     }
 
@@ -84,7 +111,7 @@ impl StorageHealth {
             .expect("storage health")
             .as_ref()
             .map(|(reason, since_ms)| StorageFailure {
-                disk_full: reason.contains("No space left") || reason.contains("storage full"),
+                disk_full: reason.contains("No space left") || reason.contains("disk is full"),
                 reason: reason.clone(),
                 since_ms: *since_ms,
             })

@@ -52,6 +52,10 @@ pub enum StoreError {
     /// The tenant has as many databases as this node allows; a further one is not created.
     #[error("tenant {tenant} has reached this node's limit of {limit} databases")]
     TooManyDatabases { tenant: String, limit: usize },
+    /// The data directory's file system is below its free-space reserve: the write was refused
+    /// before it reached the engine.
+    #[error("the disk is full: {free} bytes free, writes need {min_free} (storage.minFreeBytes)")]
+    DiskFull { free: u64, min_free: u64 },
     /// A sync link holds back more entries than it may; it does not move on until some settle.
     #[error("{held} entries are held back for an author this node does not know (limit {limit}); the link waits for the directory")]
     Held { held: usize, limit: usize },
@@ -79,16 +83,18 @@ impl StoreError {
     pub fn is_storage_failure(&self) -> bool {
         matches!(
             self,
-            StoreError::Sled {
-                source: sled::Error::Io(_) | sled::Error::ReportableBug(_),
-                ..
-            }
+            StoreError::DiskFull { .. }
+                | StoreError::Sled {
+                    source: sled::Error::Io(_) | sled::Error::ReportableBug(_),
+                    ..
+                }
         )
     }
 
     /// A full disk (ENOSPC) or quota (EDQUOT) among the causes.
     pub fn is_disk_full(&self) -> bool {
         match self {
+            StoreError::DiskFull { .. } => true,
             StoreError::Sled {
                 source: sled::Error::Io(io),
                 ..

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
+use super::health::SpaceGuard;
 use super::memory::MemoryStore;
 use super::sled_store::SledStore;
 use super::{ContentAddressedStore, StoreChange, StoreError};
@@ -35,7 +36,6 @@ impl StorageBackend {
 }
 
 const SYNC_STATE_TREE: &str = "syncstate";
-const PROBE_TREE: &str = "probe";
 
 pub type SharedStore = Arc<dyn ContentAddressedStore>;
 
@@ -48,6 +48,8 @@ pub struct StoreRegistry {
     sync_state: Mutex<HashMap<String, Vec<u8>>>,
     /// Databases a tenant may have; opening a store of a further one is refused.
     max_databases_per_tenant: usize,
+    /// Checked before every write of the sled backend (stores and sync state).
+    space: Option<Arc<SpaceGuard>>,
 }
 
 impl StoreRegistry {
@@ -59,7 +61,14 @@ impl StoreRegistry {
             data_dir,
             sync_state: Mutex::new(HashMap::new()),
             max_databases_per_tenant: usize::MAX,
+            space: None,
         }
+    }
+
+    /// Refuses writes while the data directory's file system is below `min_free` bytes free.
+    pub fn with_space_guard(mut self, dir: PathBuf, min_free: u64) -> Self {
+        self.space = Some(Arc::new(SpaceGuard::new(dir, min_free)));
+        self
     }
 
     /// Bounds the databases per tenant that [`Self::open`] creates (stores found on disk at start
@@ -125,11 +134,10 @@ impl StoreRegistry {
         }
         let store: SharedStore = match &self.backend {
             StorageBackend::Memory => Arc::new(MemoryStore::new(id.clone(), self.changes.clone())),
-            StorageBackend::Sled(db) => Arc::new(SledStore::open(
-                db.clone(),
-                id.clone(),
-                self.changes.clone(),
-            )?),
+            StorageBackend::Sled(db) => Arc::new(
+                SledStore::open(db.clone(), id.clone(), self.changes.clone())?
+                    .with_space_guard(self.space.clone()),
+            ),
         };
         stores.insert(id.clone(), store.clone());
         Ok((store, true))
@@ -179,6 +187,9 @@ impl StoreRegistry {
     /// Saves a sync cursor. Not flushed here: it is saved after the entries it covers are durable,
     /// and losing it to a crash only means rescanning a little more.
     pub fn save_sync_state(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        if let Some(space) = &self.space {
+            space.check()?;
+        }
         match &self.backend {
             StorageBackend::Sled(db) => {
                 let sled_err = |source| StoreError::Sled {
@@ -231,19 +242,18 @@ impl StoreRegistry {
         Ok(())
     }
 
-    /// Writes and flushes a small probe record: whether the storage takes writes now (after a
-    /// full disk, whether space came back and the engine recovered).
-    pub async fn probe_write(&self) -> Result<(), StoreError> {
+    /// Whether the storage would take a write now: room on the disk, and an engine that still
+    /// answers reads (`Err` other than `DiskFull`: the engine failed for good — sled keeps an I/O
+    /// error of its log writer and fails everything after it). Writes nothing.
+    pub fn probe(&self) -> Result<(), StoreError> {
         if let StorageBackend::Sled(db) = &self.backend {
-            let sled_err = |source| StoreError::Sled {
+            db.get(b"probe").map_err(|source| StoreError::Sled {
                 store: "probe".into(),
                 source,
-            };
-            let tree = db.open_tree(PROBE_TREE).map_err(sled_err)?;
-            // A value of some size, so that a nearly full disk fails the probe as it fails writes.
-            tree.insert(b"probe", vec![0u8; 64 * 1024])
-                .map_err(sled_err)?;
-            db.flush_async().await.map_err(sled_err)?;
+            })?;
+        }
+        if let Some(space) = &self.space {
+            space.check()?;
         }
         Ok(())
     }

@@ -231,6 +231,30 @@ fn prepare(entries: Vec<Entry>) -> Result<Vec<Prepared>, StoreError> {
         .collect()
 }
 
+/// The prior values of the keys a batch writes, to put back if the batch does not become durable.
+#[derive(Default)]
+struct Undo {
+    recorded: HashSet<Vec<u8>>,
+    batch: sled::Batch,
+}
+
+impl Undo {
+    /// Records `key`'s value before the batch (`None`: absent); the first record of a key wins.
+    fn restore(&mut self, key: Vec<u8>, prior: Option<impl Into<sled::IVec>>) {
+        if !self.recorded.insert(key.clone()) {
+            return;
+        }
+        match prior {
+            Some(value) => self.batch.insert(key, value),
+            None => self.batch.remove(key),
+        }
+    }
+
+    fn into_batch(self) -> sled::Batch {
+        self.batch
+    }
+}
+
 /// Reads at one visibility watermark; cheap to clone (sled trees are shared handles) and to create
 /// per read, so that a batch of reads can be taken into a CPU task.
 #[derive(Clone)]
@@ -390,6 +414,8 @@ pub struct SledStore {
     visible: AtomicU64,
     changes: broadcast::Sender<StoreChange>,
     bloom_cache: Mutex<Option<(u64, BloomSummary)>>,
+    /// Refuses writes before they reach sled when the disk is (nearly) full.
+    space: Option<Arc<super::health::SpaceGuard>>,
 }
 
 impl SledStore {
@@ -466,7 +492,21 @@ impl SledStore {
             visible: AtomicU64::new(visible),
             changes,
             bloom_cache: Mutex::new(None),
+            space: None,
         })
+    }
+
+    /// Checks the free-space reserve before every write (see [`super::health::SpaceGuard`]).
+    pub fn with_space_guard(mut self, space: Option<Arc<super::health::SpaceGuard>>) -> Self {
+        self.space = space;
+        self
+    }
+
+    fn check_space(&self) -> Result<(), StoreError> {
+        match &self.space {
+            Some(space) => space.check(),
+            None => Ok(()),
+        }
     }
 
     fn err(&self) -> impl Fn(sled::Error) -> StoreError + '_ {
@@ -598,21 +638,42 @@ impl SledStore {
     /// Ends a write under the write lock: adds the index of the new batch (receiptOrders
     /// `first..=last`, its ids and its per-document lists) and the new maximum to `batch`, applies
     /// it atomically, flushes, and only then makes `last` visible.
+    /// Writes a batch with its index keys and the new maximum, durably, then makes it visible.
+    ///
+    /// When the write or its flush fails (a full disk), `undo` — the prior value of every key the
+    /// batch writes, as recorded by the caller — is applied, so that the in-memory tree holds
+    /// nothing that is not durable: otherwise the failed entries would count as "already stored"
+    /// to the next push of the same ids, which would then be acknowledged and never stored.
     async fn commit(
         &self,
         mut batch: sled::Batch,
+        mut undo: Undo,
         first: u64,
         ids: IdList,
         doc_ids: std::collections::BTreeMap<String, IdList>,
         last: u64,
     ) -> Result<(), StoreError> {
         batch.insert(batch_key(first), ids.0);
+        undo.restore(batch_key(first), None::<sled::IVec>);
         for (doc, ids) in doc_ids {
-            batch.insert(doc_batch_key(&doc, first), ids.0);
+            let key = doc_batch_key(&doc, first);
+            // Fresh positions: nothing was there before.
+            batch.insert(key.clone(), ids.0);
+            undo.restore(key, None::<sled::IVec>);
         }
         batch.insert(MAX, &last.to_be_bytes()[..]);
-        self.tree.apply_batch(batch).map_err(self.err())?;
-        self.db.flush_async().await.map_err(self.err())?;
+        undo.restore(MAX.to_vec(), self.tree.get(MAX).map_err(self.err())?);
+        let written = match self.tree.apply_batch(batch) {
+            Ok(()) => self.db.flush_async().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            if let Err(undo_error) = self.tree.apply_batch(undo.into_batch()) {
+                tracing::error!(store = %self.name, error = %undo_error,
+                    "could not undo a failed write in memory; the store stays unwritable until a restart");
+            }
+            return Err(self.err()(e));
+        }
         self.visible.store(last, Ordering::Release);
         Ok(())
     }
@@ -632,6 +693,7 @@ impl ContentAddressedStore for SledStore {
         let prepared = crate::cpu::run(move || prepare(entries))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??;
+        self.check_space()?;
         let _writer = self.write_lock.lock().await;
         let mut ro = self.visible();
         let mut count = read_u64(self.tree.get(COUNT).map_err(self.err())?);
@@ -658,6 +720,9 @@ impl ContentAddressedStore for SledStore {
             .collect::<Result<_, sled::Error>>()
             .map_err(self.err())?;
         let mut batch_hashes = HashSet::new();
+        let mut undo = Undo::default();
+        undo.restore(COUNT.to_vec(), self.tree.get(COUNT).map_err(self.err())?);
+        undo.restore(BYTES.to_vec(), self.tree.get(BYTES).map_err(self.err())?);
         for (entry, (id_held, payload_held)) in prepared.into_iter().zip(held) {
             if id_held || seen.contains(&entry.id) {
                 continue;
@@ -667,12 +732,14 @@ impl ContentAddressedStore for SledStore {
             let mut record = if !payload_held && batch_hashes.insert(entry.content_hash.clone()) {
                 bytes += entry.payload_len;
                 batch.insert(holder_key(&entry.content_hash), entry.id.as_bytes());
+                undo.restore(holder_key(&entry.content_hash), None::<sled::IVec>);
                 entry.record
             } else {
                 encode_shared(0, &entry.record[entry.json.clone()])
             };
             record[..8].copy_from_slice(&ro.to_be_bytes());
             batch.insert(meta_key(&entry.id), record);
+            undo.restore(meta_key(&entry.id), None::<sled::IVec>);
             batch_ids.push(&entry.id);
             doc_ids.entry(entry.doc_id).or_default().push(&entry.id);
             seen.insert(entry.id.clone());
@@ -681,7 +748,8 @@ impl ContentAddressedStore for SledStore {
         if !inserted.is_empty() {
             batch.insert(COUNT, &count.to_be_bytes()[..]);
             batch.insert(BYTES, &bytes.to_be_bytes()[..]);
-            self.commit(batch, first, batch_ids, doc_ids, ro).await?;
+            self.commit(batch, undo, first, batch_ids, doc_ids, ro)
+                .await?;
         }
         let head = StoreHead {
             epoch: self.epoch.clone(),
@@ -695,6 +763,7 @@ impl ContentAddressedStore for SledStore {
     }
 
     async fn apply_receipts(&self, receipts: &[EntryMetadata]) -> Result<Vec<String>, StoreError> {
+        self.check_space()?;
         let _writer = self.write_lock.lock().await;
         let reader = self.reader();
         let mut ro = reader.visible;
@@ -709,6 +778,7 @@ impl ContentAddressedStore for SledStore {
         // Ids already re-anchored by this call: `reader` still sees their old place, so a second
         // receipt for one of them is not applied again.
         let mut moved: HashSet<String> = HashSet::new();
+        let mut undo = Undo::default();
         for receipt in receipts {
             if moved.contains(&receipt.id) {
                 continue;
@@ -734,6 +804,7 @@ impl ContentAddressedStore for SledStore {
                     .try_into()
                     .map_err(|_| self.corrupt("malformed batch key"))?,
             );
+            undo.restore(key.to_vec(), Some(list.clone()));
             let list = old_batches
                 .entry(key.to_vec())
                 .or_insert_with(|| list.to_vec());
@@ -746,12 +817,11 @@ impl ContentAddressedStore for SledStore {
             let doc_key = doc_batch_key(&record.doc_id, old_first);
             let doc_list = match old_docs.get(&doc_key) {
                 Some(list) => list.clone(),
-                None => self
-                    .tree
-                    .get(&doc_key)
-                    .map_err(self.err())?
-                    .map(|v| v.to_vec())
-                    .unwrap_or_default(),
+                None => {
+                    let prior = self.tree.get(&doc_key).map_err(self.err())?;
+                    undo.restore(doc_key.clone(), prior.clone());
+                    prior.map(|v| v.to_vec()).unwrap_or_default()
+                }
             };
             let doc_list = IdList::without(&doc_list, &record.id)
                 .ok_or_else(|| self.corrupt(format!("malformed index of {}", record.doc_id)))?;
@@ -765,6 +835,7 @@ impl ContentAddressedStore for SledStore {
                 Some(payload) => encode_inline(ro, &json, &found.raw[payload.clone()]),
                 None => encode_shared(ro, &json),
             };
+            undo.restore(meta_key(&record.id), Some(found.raw.clone()));
             batch.insert(meta_key(&record.id), value);
             batch_ids.push(&record.id);
             doc_ids.entry(record.doc_id).or_default().push(&record.id);
@@ -783,7 +854,8 @@ impl ContentAddressedStore for SledStore {
                 }
             }
             let _gate = self.reanchor_gate.write().await;
-            self.commit(batch, first, batch_ids, doc_ids, ro).await?;
+            self.commit(batch, undo, first, batch_ids, doc_ids, ro)
+                .await?;
         }
         let head = StoreHead {
             epoch: self.epoch.clone(),

@@ -20,6 +20,7 @@ use futures::SinkExt;
 use serde::{Deserialize, Serialize};
 
 use crate::bloom::BloomTester;
+use crate::store::memory::EMPTY_VIEW_EPOCH;
 use crate::store::{ContentAddressedStore, StoreError};
 use crate::wire::{
     Entry, EntryMetadata, Rejection, ScanCursor, ScanFilters, ScanPage, StoreHead, MAX_SCAN_PAGE,
@@ -188,6 +189,11 @@ pub async fn transfer(
     };
     let epochs_changed = state.source_epoch.as_deref() != Some(source_head.epoch.as_str())
         || state.target_epoch != target_epoch;
+    // A database that did not exist on one side (answered from an empty view) and now does
+    // starts from the beginning, but nothing was scanned before: not a re-scan.
+    let was_empty_view = [&state.source_epoch, &state.target_epoch]
+        .iter()
+        .any(|e| e.as_deref() == Some(EMPTY_VIEW_EPOCH));
     if epochs_changed {
         // A rescan from the start meets the held ids again: they are forgotten with the cursor.
         *state = SyncState {
@@ -206,7 +212,7 @@ pub async fn transfer(
     }
     // A rescan from the start happens on the first sync and on every epoch change; a pass that
     // starts at the beginning because nothing was there before is not one.
-    report.full_scan = epochs_changed;
+    report.full_scan = epochs_changed && !was_empty_view;
     let from_start = state.cursor.is_none();
     let mut progress = Progress {
         total: source_head

@@ -54,9 +54,16 @@ pub struct StoreFigures {
     pub pushed: u64,
     /// Passes that started from the beginning (first sync or an epoch change).
     pub full_scans: u64,
-    /// Entries held back for a reason that can change (pulled: an author the directory does not
-    /// know yet; pushed: refused by the upstream as untrusted), retried later.
-    pub held: u64,
+    /// Entries held back for a reason that can change, retried later: pulled ones whose author
+    /// this node's directory does not know yet, pushed ones the upstream refused as untrusted.
+    pub pull_held: u64,
+    pub push_held: u64,
+}
+
+impl StoreFigures {
+    pub fn held(&self) -> u64 {
+        self.pull_held + self.push_held
+    }
 }
 
 pub struct Link {
@@ -168,6 +175,7 @@ impl Link {
         new
     }
 
+    /// Not known to close a cycle, and not marked down after failures: worth a request now.
     pub fn usable(&self) -> bool {
         let h = self.health.lock().expect("health");
         !h.cycle && h.down_until.is_none_or(|t| Instant::now() >= t)
@@ -291,7 +299,7 @@ impl Link {
             pulled: f.pulled,
             pushed: f.pushed,
             full_scans: f.full_scans,
-            held: f.held,
+            held: f.held(),
         }
     }
 }

@@ -292,22 +292,23 @@ fn record_pass(
         .set(report.lag as i64);
     metrics
         .held_entries
-        .with_label_values(&[&link.name, &id.tenant_id, &id.db_id, id.kind.as_str()])
+        .with_label_values(&[&link.name, &id.tenant_id, &id.db_id, id.kind.as_str(), dir])
         .set(report.held as i64);
     if report.transferred > 0 {
         tracing::info!(link = %link.name, store = %id, entries = report.transferred,
             full_scan = report.full_scan, direction = dir, "synced");
     }
     link.update_figures(id, |f| {
-        f.held = report.held;
         match direction {
             Direction::Pull => {
                 f.pull_lag = report.lag;
                 f.pulled += report.transferred;
+                f.pull_held = report.held;
             }
             Direction::Push => {
                 f.push_lag = report.lag;
                 f.pushed += report.transferred;
+                f.push_held = report.held;
             }
         }
         f.full_scans += u64::from(report.full_scan);
@@ -385,7 +386,7 @@ pub fn held_entries(state: &SharedState) -> u64 {
         .stores
         .opened()
         .iter()
-        .map(|s| links.all().map(|l| l.figures(s.id()).held).sum::<u64>())
+        .map(|s| links.all().map(|l| l.figures(s.id()).held()).sum::<u64>())
         .sum()
 }
 
