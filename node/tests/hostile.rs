@@ -82,7 +82,7 @@ async fn ids_no_store_can_hold_are_refused_and_the_database_keeps_working() {
         &"x".repeat(250),
     );
     assert_eq!(
-        c.push(DB, &[longest.clone()]).await["receipts"]
+        c.push(DB, std::slice::from_ref(&longest)).await["receipts"]
             .as_array()
             .unwrap()
             .len(),
@@ -116,14 +116,14 @@ async fn ids_no_store_can_hold_are_refused_and_the_database_keeps_working() {
         assert_eq!(r.status, 400, "{}", r.text());
     }
     // Nothing of the refused requests was stored, and every read of the database answers.
-    expect_ok_reads(&c, &[longest.metadata.id.clone()]).await;
+    expect_ok_reads(&c, std::slice::from_ref(&longest.metadata.id)).await;
 
     // Across a restart too.
     node.stop_hard();
     let node = Node::start_in(tmp.path());
     let mut c = node.client();
     c.login("alice").await;
-    expect_ok_reads(&c, &[longest.metadata.id.clone()]).await;
+    expect_ok_reads(&c, std::slice::from_ref(&longest.metadata.id)).await;
 }
 
 /// Defect 2: a challenge was spent before its signature was checked, and a full replay memory
