@@ -6,19 +6,22 @@
 #
 #   bash scripts/fuzz.sh [SECONDS-PER-TARGET]
 #
-# Environment: FUZZ_SANITIZER (address, the default, or none), FUZZ_CODEGEN_UNITS (16 by default:
-# a build several times faster than cargo-fuzz's 1, for somewhat slower runs), FUZZ_TARGETS (a
-# space-separated subset), FUZZ_JOBS (cargo build jobs).
+# Environment (defaults chosen for a short CI run on 2 cores; see RELIABILITY-fuzz.md):
+#   FUZZ_SANITIZER      none (default: libFuzzer coverage only) or address (AddressSanitizer)
+#   FUZZ_PROFILE        dev (default: fuzz/Cargo.toml's quick-to-build profile) or release
+#   FUZZ_CODEGEN_UNITS  16 by default (cargo-fuzz's own default, 1, builds much slower)
+#   FUZZ_TARGETS        a space-separated subset of the targets
+#   CARGO_BUILD_JOBS    cargo's own: build jobs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECONDS_PER_TARGET="${1:-30}"
-SANITIZER="${FUZZ_SANITIZER:-address}"
+SANITIZER="${FUZZ_SANITIZER:-none}"
 start=$(date +%s)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "== installing cargo-fuzz"
-  cargo install cargo-fuzz --locked
+  cargo install cargo-fuzz --locked --version "${CARGO_FUZZ_VERSION:-0.13.2}"
 fi
 cargo fuzz --version
 
@@ -26,11 +29,13 @@ cargo fuzz --version
 # a stable toolchain, which accepts them under RUSTC_BOOTSTRAP=1.
 export RUSTC_BOOTSTRAP=1
 build_args=(--sanitizer "$SANITIZER" --codegen-units "${FUZZ_CODEGEN_UNITS:-16}")
-if [[ -n "${FUZZ_JOBS:-}" ]]; then
-  build_args+=(--jobs "$FUZZ_JOBS")
-fi
+case "${FUZZ_PROFILE:-dev}" in
+  dev) build_args+=(--dev) ;;
+  release) build_args+=(--release) ;;
+  *) echo "FUZZ_PROFILE must be dev or release" >&2; exit 2 ;;
+esac
 
-echo "== building the fuzz targets (sanitizer: $SANITIZER)"
+echo "== building the fuzz targets (${build_args[*]})"
 cargo fuzz build "${build_args[@]}"
 built=$(date +%s)
 
@@ -59,7 +64,7 @@ for target in $targets; do
     for artifact in fuzz/artifacts/"$target"/*; do
       [[ -f "$artifact" ]] || continue
       echo "   reproducer $artifact (base64): $(base64 -w0 "$artifact")" >&2
-      echo "   rerun: RUSTC_BOOTSTRAP=1 cargo fuzz run -s $SANITIZER $target $artifact" >&2
+      echo "   rerun: RUSTC_BOOTSTRAP=1 cargo fuzz run ${build_args[*]} $target $artifact" >&2
     done
   fi
 done
