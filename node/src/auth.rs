@@ -527,6 +527,15 @@ mod tests {
         );
     }
 
+    /// A service whose replay memory has room for one redeemed challenge.
+    fn service_remembering_one() -> AuthService {
+        let config = crate::config::AuthConfig {
+            max_outstanding_challenges: 1,
+            ..Default::default()
+        };
+        AuthService::new(b"k".to_vec(), &config)
+    }
+
     /// Bad signatures, however many, fill nothing: the replay memory (here room for one) still
     /// takes the valid login after them.
     #[test]
@@ -535,11 +544,7 @@ mod tests {
         let (_, bob_key) = user("bob", "bob", false);
         let dir = directory(vec![alice]);
         let t = dir.tenant("acme").unwrap();
-        let config = crate::config::AuthConfig {
-            max_outstanding_challenges: 1,
-            ..Default::default()
-        };
-        let s = AuthService::new(b"k".to_vec(), &config);
+        let s = service_remembering_one();
         let now = 1_800_000_000_000;
         for _ in 0..50 {
             let c = s
@@ -563,11 +568,7 @@ mod tests {
         let (alice, alice_key) = user("alice", "alice", false);
         let dir = directory(vec![alice]);
         let t = dir.tenant("acme").unwrap();
-        let config = crate::config::AuthConfig {
-            max_outstanding_challenges: 1,
-            ..Default::default()
-        };
-        let s = AuthService::new(b"k".to_vec(), &config);
+        let s = service_remembering_one();
         let now = 1_800_000_000_000;
         let c1 = s
             .issue_challenge("acme", t, Some("alice"), None, now)

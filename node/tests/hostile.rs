@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
 use common::*;
-use ed25519_dalek::pkcs8::DecodePrivateKey;
-use ed25519_dalek::{Signer, SigningKey};
+use ed25519_dalek::Signer;
 use serde_json::{json, Value};
 use syncrelay_node::crypto::signing::metadata_signing_bytes;
 use syncrelay_node::directory::{DirectoryFile, TenantFile};
@@ -19,13 +18,7 @@ use syncrelay_node::wire::{framing, Entry};
 
 /// `entry` under another id, its v2 signature made again over it.
 fn with_id(mut entry: Entry, author: &str, id: &str) -> Entry {
-    let k = keys();
-    let key = SigningKey::from_pkcs8_pem(
-        k["identities"][author]["signingPrivateKeyPkcs8"]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
+    let key = signing_key(author);
     entry.metadata.id = id.to_string();
     entry.metadata.metadata_signature = Some(B64(key
         .sign(&metadata_signing_bytes(&entry.metadata).unwrap())
@@ -451,24 +444,13 @@ async fn a_relay_holds_back_what_it_cannot_verify_yet_and_never_skips_it() {
     );
     c.start(origin);
     let mut writer = c.client(origin);
-    writer.login("alice").await;
-    writer
-        .push(
-            DB,
-            &(0..5)
-                .map(|n| signed_entry("alice", "a", n, 64))
-                .collect::<Vec<_>>(),
-        )
-        .await;
-    writer.login("bob").await;
-    writer
-        .push(
-            DB,
-            &(0..5)
-                .map(|n| signed_entry("bob", "b", n, 64))
-                .collect::<Vec<_>>(),
-        )
-        .await;
+    for author in ["alice", "bob"] {
+        writer.login(author).await;
+        let written: Vec<Entry> = (0..5)
+            .map(|n| signed_entry(author, author, n, 64))
+            .collect();
+        writer.push(DB, &written).await;
+    }
 
     c.start(relay);
     c.start(relay2);

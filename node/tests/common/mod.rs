@@ -280,16 +280,21 @@ pub fn signed_entry(author: &str, doc: &str, n: usize, payload_len: usize) -> En
     signed_payload_entry(author, doc, n, payload)
 }
 
+/// A vector identity's Ed25519 signing key.
+pub fn signing_key(author: &str) -> SigningKey {
+    SigningKey::from_pkcs8_pem(
+        keys()["identities"][author]["signingPrivateKeyPkcs8"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap()
+}
+
 /// A signed entry whose stored payload is `payload` (e.g. an AES-GCM ciphertext).
 pub fn signed_payload_entry(author: &str, doc: &str, n: usize, payload: Vec<u8>) -> Entry {
     let payload_len = payload.len();
     let k = keys();
-    let key = SigningKey::from_pkcs8_pem(
-        k["identities"][author]["signingPrivateKeyPkcs8"]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
+    let key = signing_key(author);
     let pem = k["identities"][author]["signingPublicKey"]
         .as_str()
         .unwrap()
