@@ -70,7 +70,7 @@ for target in $targets; do
 done
 
 end=$(date +%s)
-echo "== fuzz: $(wc -w <<<"$targets") targets, ${#failed[@]} crashed; build $((built - start))s, total $((end - start))s"
+echo "== fuzz: $(wc -w <<<"$targets") targets, ${#failed[@]} crashed; install+build $((built - start))s, total $((end - start))s"
 if (( ${#failed[@]} > 0 )); then
   echo "crashed: ${failed[*]}" >&2
   exit 1

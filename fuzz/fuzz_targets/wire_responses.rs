@@ -22,10 +22,12 @@ fn check<T: DeserializeOwned + Serialize>(data: &[u8]) -> Option<T> {
             String::from_utf8_lossy(&text)
         )
     });
-    assert_eq!(
-        serde_json::to_vec(&again).unwrap(),
-        text,
-        "serialisation is not stable"
+    let text2 = serde_json::to_vec(&again).unwrap();
+    assert!(
+        same_json(&text2, &text),
+        "serialisation is not stable: {} / {}",
+        String::from_utf8_lossy(&text),
+        String::from_utf8_lossy(&text2)
     );
     Some(value)
 }
@@ -43,6 +45,35 @@ fn bloom(summary: &bloom::BloomSummary) {
     for id in ["", "a", "6b054a3bf2ec2041e4760b53_d_0_x", "\u{1F600}"] {
         let _ = tester.might_contain(id);
     }
+}
+
+/// JSON texts equal but for floats a few ULPs apart: serde_json's default float parsing is not
+/// exact (no `float_roundtrip` feature), so `2.2222222222222983e20` re-parses one ULP off
+/// (fuzz/artifacts-found/wire_requests-float-round-trip). Harmless in these bodies (numeric
+/// parameters); `entry_metadata` keeps the strict check, where it matters.
+fn same_json(a: &[u8], b: &[u8]) -> bool {
+    fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+        use serde_json::Value::*;
+        match (a, b) {
+            (Number(x), Number(y)) if x.is_f64() && y.is_f64() => {
+                let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                x == y || (x.to_bits() as i64 - y.to_bits() as i64).abs() <= 4
+            }
+            (Array(x), Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y)),
+            (Object(x), Object(y)) => {
+                x.len() == y.len() && x.iter().zip(y).all(|((k, x), (l, y))| k == l && same(x, y))
+            }
+            _ => a == b,
+        }
+    }
+    a == b
+        || match (
+            serde_json::from_slice::<serde_json::Value>(a),
+            serde_json::from_slice::<serde_json::Value>(b),
+        ) {
+            (Ok(x), Ok(y)) => same(&x, &y),
+            _ => false,
+        }
 }
 
 fuzz_target!(|data: &[u8]| {
