@@ -22,7 +22,7 @@ use syncrelay_node::client::{HttpTransport, RemoteSession, RemoteStore, SessionO
 use syncrelay_node::config::{NodeConfig, RemoteConfig, Role};
 use syncrelay_node::crypto::keys::Identity;
 use syncrelay_node::crypto::payload;
-use syncrelay_node::demo::author_entry;
+use syncrelay_node::crypto::signing::author_entry;
 use syncrelay_node::directory::{DirectoryFile, ServerEntry, TenantFile, UserEntry};
 use syncrelay_node::store::ContentAddressedStore;
 use syncrelay_node::wire::{content_hash, StoreId, StoreKind};

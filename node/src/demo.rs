@@ -11,17 +11,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ed25519_dalek::Signer;
 
 use crate::client::{HttpTransport, RemoteSession, RemoteStore, SessionOptions};
 use crate::config::{NodeConfig, RemoteConfig, Role};
 use crate::crypto::keys::Identity;
 use crate::crypto::payload;
-use crate::crypto::signing::metadata_signing_bytes;
+use crate::crypto::signing::author_entry;
 use crate::directory::{DirectoryFile, ServerEntry, TenantFile, UserEntry};
 use crate::server::SharedState;
 use crate::store::ContentAddressedStore;
-use crate::wire::{b64::B64, content_hash, Entry, EntryMetadata, StoreId, StoreKind};
+use crate::wire::{Entry, StoreId, StoreKind};
 
 const TENANT: &str = "demo";
 const DB: &str = "notes";
@@ -29,41 +28,6 @@ const DB: &str = "notes";
 pub struct DemoOptions {
     pub entries: usize,
     pub batch: usize,
-}
-
-/// A signed (v2 metadata + legacy) entry, written the way a MindooDB client writes one.
-pub fn author_entry(author: &Identity, doc: &str, n: usize, payload: Vec<u8>) -> Entry {
-    let hash = content_hash(&payload);
-    let mut metadata = EntryMetadata {
-        entry_type: if n == 0 { "doc_create" } else { "doc_change" }.into(),
-        id: format!("{doc}_d_{n:08x}_{}", &hash[..16]),
-        content_hash: hash,
-        doc_id: doc.into(),
-        dependency_ids: vec![],
-        created_at: crate::server::now_ms(),
-        receipt_order: None,
-        created_by_public_key: author.signing_public_pem.clone(),
-        decryption_key_id: "default".into(),
-        snapshot_head_hashes: None,
-        snapshot_head_entry_ids: None,
-        signature: B64(author.signing.sign(&payload).to_bytes().to_vec()),
-        metadata_signature: None,
-        original_size: payload.len() as u64,
-        encrypted_size: payload.len() as u64,
-        received_at: None,
-        received_by_public_key: None,
-        received_date_signature: None,
-        attachment_refs: None,
-        provenance: None,
-        recipients: None,
-        entry_version: Some(2),
-    };
-    let layout = metadata_signing_bytes(&metadata).expect("fresh metadata has a layout");
-    metadata.metadata_signature = Some(B64(author.signing.sign(&layout).to_bytes().to_vec()));
-    Entry {
-        metadata,
-        encrypted_data: payload,
-    }
 }
 
 struct Hop {
@@ -149,7 +113,7 @@ fn user_store(url: &str, username: &str, identity: Arc<Identity>) -> anyhow::Res
 async fn hop_line(hops: &[Hop]) -> String {
     let mut parts = Vec::new();
     for hop in hops {
-        let s = crate::sync::status::node_status(&hop.state).await;
+        let s = crate::roles::status::node_status(&hop.state.node).await;
         let detail = match s.role {
             Role::Edge => {
                 let c = s.cache.unwrap_or_default();
@@ -298,7 +262,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     // Let the last writes settle everywhere before the summary.
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        let s = crate::sync::status::node_status(&hops[1].state).await;
+        let s = crate::roles::status::node_status(&hops[1].state.node).await;
         if s.max_lag == 0 && s.queued_writes == 0 {
             break;
         }
@@ -307,7 +271,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     println!("  {}", hop_line(&hops).await);
 
     // What the relay keeps on disk: ciphertext only.
-    hops[1].state.stores.flush_all().await?;
+    hops[1].state.node.stores.flush_all().await?;
     let relay_bytes = read_all(&dir.join("relay"))?;
     let plaintext_hits = (0..options.entries)
         .filter(|n| contains(&relay_bytes, format!("note {n}:").as_bytes()))

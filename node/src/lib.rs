@@ -1,22 +1,26 @@
 //! syncrelay-node: a MindooDB sync-v5 node.
 //!
-//! Layers, bottom up: [`wire`] (the protocol's types and codecs), [`crypto`] and [`bloom`] (pure
-//! functions over them), [`store`] (the `ContentAddressedStore` trait with in-memory and sled
-//! implementations), [`directory`] and [`auth`] (who may do what), [`server`] (the HTTP surface),
-//! [`config`] (the one configuration type, also rendered by the operator) and [`metrics`]. Above
-//! them: [`client`] (this node as a client of another: transport, session, remote store) and
-//! [`sync`] (the engine, links, the relay/peer loop, `/status`).
+//! Modules depend one way (README "Design notes"; `tests/layers.rs` enforces it): [`server`] (the
+//! HTTP surface) → [`roles`] (the node: which store serves a request, readiness, replication,
+//! `/status`) → [`sync`] (engine, links) → [`client`] (transport, session, remote store, edge
+//! cache) → [`store`] (the `ContentAddressedStore` trait, memory and sled) → [`wire`] and [`crypto`].
+//! Beside them and below `client`: [`ingest`] (entry checks), [`config`], [`directory`], [`auth`],
+//! [`metrics`], [`status`], [`bloom`], [`clock`], [`cpu`]. On top: [`node`] (start-up), [`demo`],
+//! [`tools`].
 
 pub mod auth;
 pub mod bloom;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod cpu;
 pub mod crypto;
 pub mod demo;
 pub mod directory;
+pub mod ingest;
 pub mod metrics;
 pub mod node;
+pub mod roles;
 pub mod server;
 pub mod status;
 pub mod store;

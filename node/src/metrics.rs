@@ -6,6 +6,7 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::status::CacheStatus;
 use crate::store::StoreRegistry;
 
 pub struct Metrics {
@@ -226,8 +227,30 @@ impl Metrics {
         }
     }
 
+    /// Brings the cache figures up to the cache's own counters (which only grow).
+    fn record_cache(&self, cache: &CacheStatus) {
+        for (event, total) in [
+            ("hit", cache.hits),
+            ("miss", cache.misses),
+            ("eviction", cache.evictions),
+            ("upstream_fetch", cache.upstream_fetches),
+        ] {
+            let counter = self.cache_events.with_label_values(&[event]);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        self.cache_bytes
+            .with_label_values(&["limit"])
+            .set(cache.max_bytes as i64);
+        self.cache_bytes
+            .with_label_values(&["used"])
+            .set(cache.bytes as i64);
+    }
+
     /// Refreshes store gauges and renders the text exposition format.
-    pub async fn render(&self, stores: &StoreRegistry) -> String {
+    pub async fn render(&self, stores: &StoreRegistry, cache: Option<CacheStatus>) -> String {
+        if let Some(cache) = cache {
+            self.record_cache(&cache);
+        }
         for store in stores.opened() {
             let id = store.id();
             let labels = [id.tenant_id.as_str(), id.db_id.as_str(), id.kind.as_str()];
@@ -276,9 +299,7 @@ pub fn endpoint_label(path: &str) -> String {
         ["health"] | ["metrics"] => parts[0].to_string(),
         [".well-known", "mindoodb-server-info"] => "server-info".into(),
         [_, "auth", op @ ("challenge" | "authenticate")] => format!("auth/{op}"),
-        [_, "sync", kind @ ("docs" | "attachments"), op]
-            if crate::server::sync::is_known_operation(op) =>
-        {
+        [_, "sync", kind @ ("docs" | "attachments"), op] if crate::wire::is_known_operation(op) => {
             format!("sync/{kind}/{op}")
         }
         _ => "other".into(),

@@ -8,17 +8,18 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::auth::AuthService;
+use crate::client::cache::EdgeCache;
 use crate::client::SessionOptions;
 use crate::config::{NodeConfig, Role, StorageKind};
 use crate::crypto::keys::Identity;
 use crate::directory::DirectoryHandle;
 use crate::metrics::Metrics;
+use crate::roles::replication::{SyncQueue, UpstreamFeeds};
+use crate::roles::{self, Node, SharedNode};
 use crate::server::connections::{ConnectionLimits, LimitedAcceptor};
 use crate::server::{self, AppState, Limiters, SharedState};
-use crate::store::cache::EdgeCache;
 use crate::store::{StorageBackend, StoreRegistry};
 use crate::sync::links::Links;
-use crate::sync::service::{SyncQueue, UpstreamFeeds};
 
 /// Loads the configured identity, or the one generated earlier under `dataDir/identity`, or
 /// generates and keeps a new one.
@@ -114,7 +115,7 @@ pub fn build_state(config: NodeConfig) -> anyhow::Result<SharedState> {
     let opened = stores.open_existing()?;
     tracing::info!(stores = opened, "storage ready");
     let identity = Arc::new(identity);
-    let node_id = server::node_id(&identity);
+    let node_id = roles::node_id(&identity);
     let links = if config.upstreams.is_empty() && config.peers.is_empty() {
         None
     } else {
@@ -127,26 +128,32 @@ pub fn build_state(config: NodeConfig) -> anyhow::Result<SharedState> {
         };
         Some(Arc::new(Links::from_config(&config, options)?))
     };
-    let cache = (config.role == Role::Edge)
-        .then(|| Arc::new(EdgeCache::new(config.cache.max_bytes, metrics.clone())));
+    let cache =
+        (config.role == Role::Edge).then(|| Arc::new(EdgeCache::new(config.cache.max_bytes)));
     tracing::info!(%node_id, role = config.role.as_str(), "node identity ready");
-    Ok(Arc::new(AppState {
-        limits: Limiters::from_config(&config.limits),
-        body_budget: server::body::BodyBudget::new(config.limits.max_inflight_body_bytes),
+    let status_token = status_token(config.auth.status_token_file.as_deref())?;
+    let limits = Limiters::from_config(&config.limits);
+    let body_budget = server::body::BodyBudget::new(config.limits.max_inflight_body_bytes);
+    let node = Arc::new(Node {
         storage_health: Default::default(),
-        status_token: status_token(config.auth.status_token_file.as_deref())?,
         caught_up: Default::default(),
         config,
         identity,
         node_id,
         directory,
-        auth,
         stores,
         metrics,
         links,
         sync_queue: SyncQueue::default(),
         upstream_feeds: UpstreamFeeds::default(),
         cache,
+    });
+    Ok(Arc::new(AppState {
+        node,
+        auth,
+        limits,
+        body_budget,
+        status_token,
     }))
 }
 
@@ -155,9 +162,9 @@ pub async fn run(
     state: SharedState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let listener = std::net::TcpListener::bind(state.config.listen)
-        .with_context(|| format!("binding {}", state.config.listen))?;
-    let scheme = if state.config.tls.is_some() {
+    let listener = std::net::TcpListener::bind(state.node.config.listen)
+        .with_context(|| format!("binding {}", state.node.config.listen))?;
+    let scheme = if state.node.config.tls.is_some() {
         "https"
     } else {
         "http"
@@ -179,12 +186,12 @@ pub async fn serve(
     let app =
         server::router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let handle = axum_server::Handle::new();
-    let scheme = if state.config.tls.is_some() {
+    let scheme = if state.node.config.tls.is_some() {
         "https"
     } else {
         "http"
     };
-    tracing::info!(%addr, scheme, name = %state.config.name, "syncrelay-node listening");
+    tracing::info!(%addr, scheme, name = %state.node.config.name, "syncrelay-node listening");
     let shutdown_handle = handle.clone();
     let (stop_sync, sync_stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -193,16 +200,19 @@ pub async fn serve(
         let _ = stop_sync.send(());
         shutdown_handle.graceful_shutdown(Some(server::SHUTDOWN_GRACE));
     });
-    let sync_task = tokio::spawn(crate::sync::service::run(state.clone(), async move {
-        let _ = sync_stopped.await;
-    }));
-    let storage_watch = tokio::spawn(watch_storage(state.clone()));
-    let limits = &state.config.limits;
+    let sync_task = tokio::spawn(crate::roles::replication::run(
+        state.node.clone(),
+        async move {
+            let _ = sync_stopped.await;
+        },
+    ));
+    let storage_watch = tokio::spawn(watch_storage(state.node.clone()));
+    let limits = &state.node.config.limits;
     let acceptor = LimitedAcceptor {
         limits: ConnectionLimits::new(
             limits.max_connections,
             limits.max_connections_per_ip,
-            state.metrics.clone(),
+            state.node.metrics.clone(),
         ),
     };
     let header_timeout = Duration::from_millis(limits.header_timeout_ms.max(1));
@@ -219,7 +229,7 @@ pub async fn serve(
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .max_concurrent_streams(64);
     };
-    match &state.config.tls {
+    match &state.node.config.tls {
         Some(tls) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
             let rustls_config =
@@ -260,6 +270,7 @@ pub async fn serve(
     let _ = tokio::time::timeout(server::SHUTDOWN_GRACE, sync_task).await;
     storage_watch.abort();
     state
+        .node
         .stores
         .flush_all()
         .await
@@ -270,21 +281,21 @@ pub async fn serve(
 
 /// While the storage refuses writes, probes it every two seconds: the mark is cleared once there is
 /// room again, and the storage called wedged when the engine fails reads.
-async fn watch_storage(state: SharedState) {
+async fn watch_storage(node: SharedNode) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tick.tick().await;
-        if state.storage_health.writable() {
+        if node.storage_health.writable() {
             continue;
         }
-        match state.stores.probe() {
+        match node.stores.probe() {
             Ok(()) => {
-                state.storage_health.recovered();
-                state.metrics.storage_unwritable.set(0);
+                node.storage_health.recovered();
+                node.metrics.storage_unwritable.set(0);
             }
             Err(e) => {
                 tracing::debug!(error = %e, "storage still refuses writes");
-                state.storage_health.probe_failed(!e.is_disk_full());
+                node.storage_health.probe_failed(!e.is_disk_full());
             }
         }
     }

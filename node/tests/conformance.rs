@@ -269,8 +269,7 @@ async fn capabilities_head_and_empty_store() {
             assert_eq!(caps[flag], true, "{flag}");
         }
         assert!(
-            (caps["serverTime"].as_i64().unwrap() - syncrelay_node::server::now_ms()).abs()
-                < 60_000
+            (caps["serverTime"].as_i64().unwrap() - syncrelay_node::clock::now_ms()).abs() < 60_000
         );
     }
     let r = c.get("/vectors/sync/docs/capabilities").await;

@@ -531,6 +531,7 @@ async fn tampered_entries_from_upstream_never_reach_a_client() {
     let mut metadata_forged = good[2].clone();
     metadata_forged.metadata.doc_id = "someone-elses-doc".into();
     let store = state
+        .node
         .stores
         .open(&StoreId::new(common::TENANT, DB, StoreKind::Docs).unwrap())
         .unwrap();

@@ -279,7 +279,7 @@ async fn a_chain_the_operator_wired_carries_data() {
     let alice = user_store(&running["e2e-edge1"].url, "alice");
     let written: Vec<_> = (0..20)
         .map(|n| {
-            syncrelay_node::demo::author_entry(
+            syncrelay_node::crypto::signing::author_entry(
                 &vector_identity("alice").1,
                 "doc",
                 n,

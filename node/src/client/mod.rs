@@ -1,7 +1,9 @@
 //! The node as a client of another node (or of a MindooDB server): the transport trait and its HTTP
 //! implementation, an authenticated session per (upstream, tenant), and [`RemoteStore`], a
-//! `ContentAddressedStore` over the sync-v5 endpoints (the seed's `ClientNetworkContentAddressedStore`).
+//! `ContentAddressedStore` over the sync-v5 endpoints (the seed's `ClientNetworkContentAddressedStore`),
+//! and the edge role's [`cache`] in front of it.
 
+pub mod cache;
 pub mod remote_store;
 pub mod session;
 pub mod transport;

@@ -395,7 +395,7 @@ fn token_lifetime(token: &str) -> Option<Duration> {
         .decode(payload.trim_end_matches('='))
         .ok()?;
     let exp = serde_json::from_slice::<serde_json::Value>(&bytes).ok()?["exp"].as_i64()?;
-    let now = crate::server::now_ms() / 1000;
+    let now = crate::clock::now_ms() / 1000;
     Some(Duration::from_secs(exp.saturating_sub(now).max(0) as u64))
 }
 
@@ -415,7 +415,7 @@ mod tests {
 
     #[test]
     fn token_lifetime_reads_exp() {
-        let exp = crate::server::now_ms() / 1000 + 120;
+        let exp = crate::clock::now_ms() / 1000 + 120;
         let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(format!("{{\"sub\":\"x\",\"exp\":{exp}}}"));
         let token = format!("e30.{payload}.sig");

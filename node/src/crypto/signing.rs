@@ -3,12 +3,13 @@
 //! Layout helpers are pure: they turn metadata into the exact bytes the reference signs, so they are
 //! tested byte-for-byte against the recorded vectors.
 
-use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, Verifier, VerifyingKey};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::keys::FastSigner;
-use crate::wire::{b64, AttachmentRef, EntryMetadata};
+use super::keys::{FastSigner, Identity};
+use crate::wire::b64::B64;
+use crate::wire::{b64, content_hash, AttachmentRef, Entry, EntryMetadata};
 
 /// Why a layout could not be built from a (malformed) record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -349,6 +350,41 @@ pub fn verify_witness(m: &EntryMetadata, db_id: &str) -> bool {
     };
     key.verify(&witness_signing_bytes(m, db_id, at, pem), &signature)
         .is_ok()
+}
+
+/// A signed (v2 metadata + legacy) entry, written the way a MindooDB client writes one.
+pub fn author_entry(author: &Identity, doc: &str, n: usize, payload: Vec<u8>) -> Entry {
+    let hash = content_hash(&payload);
+    let mut metadata = EntryMetadata {
+        entry_type: if n == 0 { "doc_create" } else { "doc_change" }.into(),
+        id: format!("{doc}_d_{n:08x}_{}", &hash[..16]),
+        content_hash: hash,
+        doc_id: doc.into(),
+        dependency_ids: vec![],
+        created_at: crate::clock::now_ms(),
+        receipt_order: None,
+        created_by_public_key: author.signing_public_pem.clone(),
+        decryption_key_id: "default".into(),
+        snapshot_head_hashes: None,
+        snapshot_head_entry_ids: None,
+        signature: B64(author.signing.sign(&payload).to_bytes().to_vec()),
+        metadata_signature: None,
+        original_size: payload.len() as u64,
+        encrypted_size: payload.len() as u64,
+        received_at: None,
+        received_by_public_key: None,
+        received_date_signature: None,
+        attachment_refs: None,
+        provenance: None,
+        recipients: None,
+        entry_version: Some(2),
+    };
+    let layout = metadata_signing_bytes(&metadata).expect("fresh metadata has a layout");
+    metadata.metadata_signature = Some(B64(author.signing.sign(&layout).to_bytes().to_vec()));
+    Entry {
+        metadata,
+        encrypted_data: payload,
+    }
 }
 
 #[cfg(test)]

@@ -9,8 +9,9 @@ use axum::{Extension, Json};
 
 use super::error::ApiError;
 use super::sync::{body_bytes, parse_json};
-use super::{now_ms, resolve_tenant, tenant_dir, ClientIp, SharedState};
+use super::{resolve_tenant, tenant_dir, ClientIp, SharedState};
 use crate::auth::{AuthenticateError, ChallengeError};
+use crate::clock::now_ms;
 use crate::wire::{AuthenticateRequest, AuthenticateResponse, ChallengeRequest, ChallengeResponse};
 
 const MAX_FIELD: usize = 4096;
@@ -90,6 +91,7 @@ pub async fn challenge(
         Ok(challenge) => Ok(Json(ChallengeResponse { challenge }).into_response()),
         Err(e) => {
             state
+                .node
                 .metrics
                 .auth_failures
                 .with_label_values(&["challenge"])
@@ -148,6 +150,7 @@ pub async fn authenticate(
         .into_response(),
         Err(e) => {
             state
+                .node
                 .metrics
                 .auth_failures
                 .with_label_values(&["authenticate"])

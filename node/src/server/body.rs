@@ -20,8 +20,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 
-use super::error::{ApiError, INVALID_TOKEN, MISSING_AUTH};
-use super::{now_ms, resolve_tenant, tenant_dir, SharedState};
+use super::error::{ApiError, INVALID_TOKEN};
+use super::SharedState;
 
 /// The most a request without a valid token may send: far more than a challenge, a login or a
 /// sync request's ids ever need, too little for a body to be a way to hold memory.
@@ -98,7 +98,7 @@ pub async fn bounded_body(
         // connection closed under it would lose the 413 (which makes the reference client split
         // its batch) or the 401 (which makes it log in again) to a broken pipe.
         if n <= drain_bound(&state) {
-            let deadline = Duration::from_millis(state.config.limits.body_timeout_ms.max(1));
+            let deadline = Duration::from_millis(state.node.config.limits.body_timeout_ms.max(1));
             tokio::spawn(drain(body, n, deadline));
         }
         return over(allowance);
@@ -113,7 +113,7 @@ pub async fn bounded_body(
         )
         .into_response();
     };
-    let deadline = Duration::from_millis(state.config.limits.body_timeout_ms.max(1));
+    let deadline = Duration::from_millis(state.node.config.limits.body_timeout_ms.max(1));
     let read = axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX));
     let bytes = match tokio::time::timeout(deadline, read).await {
         Err(_) => {
@@ -144,7 +144,7 @@ pub async fn bounded_body(
 
 /// The largest refused body still drained so that its sender can read the answer.
 fn drain_bound(state: &SharedState) -> u64 {
-    state.config.limits.max_body_bytes.saturating_mul(4)
+    state.node.config.limits.max_body_bytes.saturating_mul(4)
 }
 
 /// Reads and drops up to `max` bytes of a refused body, within `deadline`.
@@ -166,6 +166,7 @@ async fn drain(mut body: Body, max: u64, deadline: Duration) {
 
 fn refused(state: &SharedState, reason: &str) {
     state
+        .node
         .metrics
         .requests_refused
         .with_label_values(&[reason])
@@ -193,7 +194,7 @@ fn is_length_limit(e: &axum::Error) -> bool {
 fn allowance(state: &SharedState, method: &Method, path: &str, headers: &HeaderMap) -> Allowance {
     let mut segments = path.trim_start_matches('/').split('/');
     let (tenant, route) = (segments.next().unwrap_or(""), segments.next());
-    let max = state.config.limits.max_body_bytes;
+    let max = state.node.config.limits.max_body_bytes;
     if *method != Method::POST || route != Some("sync") {
         return if route == Some("auth") {
             Allowance::Up(UNAUTHENTICATED_BODY_BYTES.min(max))
@@ -207,13 +208,10 @@ fn allowance(state: &SharedState, method: &Method, path: &str, headers: &HeaderM
     }
 }
 
-/// The checks of a sync request that need no body, in the protocol's order: tenant, header, token.
+/// A sync request's tenant, header and token, checked before its body is read.
 fn token_check(state: &SharedState, tenant_raw: &str, headers: &HeaderMap) -> Result<(), ApiError> {
-    let (tenant, directory) = resolve_tenant(state, tenant_raw)?;
-    let token = super::sync::bearer(headers).ok_or(ApiError::Unauthorized(MISSING_AUTH))?;
-    state
-        .auth
-        .validate_token(&tenant, tenant_dir(&directory, &tenant), token, now_ms())
+    super::sync::token_holder(state, tenant_raw, headers)?
+        .principal
         .map(|_| ())
         .ok_or(ApiError::Unauthorized(INVALID_TOKEN))
 }

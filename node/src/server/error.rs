@@ -101,6 +101,17 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+impl From<crate::roles::ResolveError> for ApiError {
+    fn from(e: crate::roles::ResolveError) -> Self {
+        use crate::roles::ResolveError;
+        match e {
+            ResolveError::NoUpstream => ApiError::Unavailable(e.to_string()),
+            ResolveError::Loop { .. } => ApiError::LoopDetected(e.to_string()),
+            ResolveError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let message = match &self {

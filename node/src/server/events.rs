@@ -16,7 +16,8 @@ use tokio_stream::wrappers::{BroadcastStream, IntervalStream};
 
 use super::error::ApiError;
 use super::sync::{authorize, db_id};
-use super::{now_ms, ClientIp, SharedState};
+use super::{ClientIp, SharedState};
+use crate::clock::now_ms;
 use crate::wire::{ChangeEventData, PROTOCOL_VERSION};
 
 pub const HEARTBEAT: Duration = Duration::from_secs(30);
@@ -31,7 +32,7 @@ async fn token_lapsed(state: SharedState, tenant: String, token: String) {
     let mut tick = tokio::time::interval(TOKEN_RECHECK);
     loop {
         tick.tick().await;
-        let directory = state.directory.current();
+        let directory = state.node.directory.current();
         let valid = directory
             .tenant(&tenant)
             .and_then(|t| state.auth.validate_token(&tenant, t, &token, now_ms()))
@@ -60,15 +61,15 @@ pub async fn events(
         .unwrap_or_default()
         .to_string();
     let ended = token_lapsed(state.clone(), tenant.clone(), token);
-    if !state.config.role.has_local_copy() {
+    if !state.node.config.role.has_local_copy() {
         // An edge or passthrough has no changes of its own: it relays its upstreams'.
-        crate::sync::service::UpstreamFeeds::follow(&state, &tenant, kind);
+        crate::roles::replication::UpstreamFeeds::follow(&state.node, &tenant, kind);
     }
 
     let hello = Event::default()
         .event("hello")
         .data(serde_json::json!({ "protocolVersion": PROTOCOL_VERSION }).to_string());
-    let changes = BroadcastStream::new(state.stores.subscribe()).filter_map(move |change| {
+    let changes = BroadcastStream::new(state.node.stores.subscribe()).filter_map(move |change| {
         let event = match change {
             Ok(c) if c.store.tenant_id == tenant && c.store.kind == kind => {
                 let data = ChangeEventData {

@@ -9,7 +9,6 @@ pub mod body;
 pub mod connections;
 pub mod error;
 pub mod events;
-pub mod ingest;
 pub mod limits;
 pub mod responses;
 pub mod sync;
@@ -28,19 +27,11 @@ use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove
 use tower_http::compression::CompressionLayer;
 
 use crate::auth::AuthService;
-use crate::config::{NodeConfig, Role};
-use crate::crypto::keys::Identity;
-use crate::directory::{Directory, DirectoryHandle, TenantDirectory};
-use crate::metrics::{endpoint_label, Metrics};
-use crate::store::cache::{CachedStore, EdgeCache};
-use crate::store::health::StorageHealth;
-use crate::store::memory::MemoryStore;
-use crate::store::registry::SharedStore;
-use crate::store::StoreRegistry;
-use crate::sync::links::Links;
-use crate::sync::service::CaughtUp;
-use crate::sync::service::{SyncQueue, UpstreamFeeds, Want};
-use crate::wire::{ids, ServerInfo, StoreId, Timestamping};
+use crate::clock::now_ms;
+use crate::directory::{Directory, TenantDirectory};
+use crate::metrics::endpoint_label;
+use crate::roles::SharedNode;
+use crate::wire::{ids, ServerInfo, Timestamping};
 use error::ApiError;
 use limits::RateLimiter;
 
@@ -67,130 +58,16 @@ impl Limiters {
     }
 }
 
-/// Everything a request handler needs.
+/// Everything a request handler needs: the node, and what only the HTTP surface keeps (login
+/// challenges and tokens, rate limiters, the body budget, the status token).
 pub struct AppState {
-    pub config: NodeConfig,
-    pub identity: Arc<Identity>,
-    /// Stable id of this node (see [`node_id`]), sent in the via header and published in /status.
-    pub node_id: String,
-    pub directory: DirectoryHandle,
+    pub node: SharedNode,
     pub auth: AuthService,
-    pub stores: StoreRegistry,
-    pub metrics: Arc<Metrics>,
     pub limits: Limiters,
-    /// Upstreams and peers (none for a lone origin).
-    pub links: Option<Arc<Links>>,
-    pub sync_queue: SyncQueue,
-    /// Upstream change feeds relayed by a node without a local copy.
-    pub upstream_feeds: UpstreamFeeds,
-    /// The edge role's cache.
-    pub cache: Option<Arc<EdgeCache>>,
     /// Request bodies held in memory at once ([`body`]).
     pub body_budget: body::BodyBudget,
-    /// Whether the storage takes writes (disk full, I/O errors).
-    pub storage_health: StorageHealth,
-    /// Stores a relay or peer has caught up on with its upstream since it started.
-    pub caught_up: CaughtUp,
     /// The bearer token `/status` and `/metrics` require, when configured.
     pub status_token: Option<String>,
-}
-
-/// What a request does with a store: a read never creates one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    Read,
-    Write,
-}
-
-impl AppState {
-    /// The store that serves `id` for this node's role: the local store (origin, relay, peer), the
-    /// cache in front of the upstream (edge), or the upstream itself (passthrough).
-    ///
-    /// - A read of a database this node does not hold creates nothing: it is answered from an
-    ///   empty view (a node with links asks the sync loop to carry the database, within the
-    ///   tenant's database limit).
-    /// - A relay serves reads of a store it has not caught up on since it started from its
-    ///   upstream, as a passthrough would, while an upstream is reachable: a client never takes
-    ///   a cold relay's partial copy for the whole database.
-    pub fn backing_store(&self, id: &StoreId, access: Access) -> Result<SharedStore, ApiError> {
-        match self.config.role {
-            Role::Origin | Role::Relay | Role::Peer => {
-                if access == Access::Read {
-                    return self.local_read_store(id);
-                }
-                let (store, created) = self.stores.open_reporting(id)?;
-                if created {
-                    self.carry(id);
-                }
-                Ok(store)
-            }
-            Role::Edge | Role::Passthrough => {
-                let links = self
-                    .links
-                    .as_ref()
-                    .ok_or_else(|| ApiError::Unavailable("no upstream is configured".into()))?;
-                // The config requires an upstream for these roles: none to offer means every
-                // upstream was found to close a cycle — the same loop the via header reports.
-                let link = links.upstream_order().into_iter().next().ok_or_else(|| {
-                    ApiError::LoopDetected(format!(
-                        "Loop detected: every upstream of node {} would close a cycle",
-                        self.node_id
-                    ))
-                })?;
-                let remote = link.store(id);
-                Ok(match &self.cache {
-                    Some(cache) => Arc::new(CachedStore::new(remote, cache.clone())),
-                    None => remote,
-                })
-            }
-        }
-    }
-
-    fn local_read_store(&self, id: &StoreId) -> Result<SharedStore, ApiError> {
-        let local = self.stores.get(id);
-        if local.is_none() {
-            self.carry(id);
-        }
-        if self.config.role == Role::Relay && !self.caught_up.contains(id) {
-            if let Some(link) = self
-                .links
-                .as_ref()
-                .and_then(|l| l.upstream_order().into_iter().find(|l| l.usable()))
-            {
-                return Ok(link.store(id));
-            }
-        }
-        Ok(local.unwrap_or_else(|| Arc::new(MemoryStore::empty_view(id.clone()))))
-    }
-
-    /// Asks the sync loop to carry `id` (nodes with links), as long as the tenant has room for
-    /// another database: the loop creates the store when it first pulls it.
-    fn carry(&self, id: &StoreId) {
-        if self.links.is_some() && !self.sync_queue.is_queued(id) && self.stores.has_room_for(id) {
-            self.sync_queue.request(
-                id.clone(),
-                Want {
-                    pull: true,
-                    push: true,
-                },
-            );
-        }
-    }
-}
-
-/// A node's id: the first 16 hex digits of SHA-256 over its signing public key PEM and its instance
-/// name (`SYNCRELAY_INSTANCE`, set per pod by the operator) — stable across restarts, and distinct
-/// for replicas that share one identity.
-pub fn node_id(identity: &Identity) -> String {
-    use sha2::Digest;
-    let instance = std::env::var("SYNCRELAY_INSTANCE").unwrap_or_default();
-    let mut hasher = sha2::Sha256::new();
-    hasher.update(identity.signing_public_pem.as_bytes());
-    if !instance.is_empty() {
-        hasher.update(b"\n");
-        hasher.update(instance.as_bytes());
-    }
-    hex::encode(&hasher.finalize()[..8])
 }
 
 pub type SharedState = Arc<AppState>;
@@ -199,21 +76,14 @@ pub type SharedState = Arc<AppState>;
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub std::net::IpAddr);
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Resolves the tenant of a path: 400 for a malformed id, 404 when this node does not carry it.
 pub fn resolve_tenant(state: &AppState, raw: &str) -> Result<(String, Arc<Directory>), ApiError> {
     let tenant = ids::normalize_tenant_id(raw).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let directory = state.directory.current();
+    let directory = state.node.directory.current();
     if directory.tenant(&tenant).is_none() {
         return Err(ApiError::NotFound(format!(
             "Tenant {tenant} not found on server {}",
-            state.config.name
+            state.node.config.name
         )));
     }
     Ok((tenant, directory))
@@ -250,7 +120,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/{tenant}/sync/{kind}/{op}", post(sync::dispatch))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(
-            state.config.limits.max_body_bytes as usize,
+            state.node.config.limits.max_body_bytes as usize,
         ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -271,7 +141,11 @@ async fn observe(State(state): State<SharedState>, mut request: Request, next: N
     request.extensions_mut().insert(ClientIp(ip));
     let endpoint = endpoint_label(request.uri().path());
     let started = Instant::now();
-    let decision = state.limits.global.check(&global_key(ip));
+    // IPv6 clients are limited per /56, like the reference.
+    let decision = state
+        .limits
+        .global
+        .check(&connections::client_key(ip).to_string());
     let via = request
         .headers()
         .get(crate::client::VIA_HEADER)
@@ -281,10 +155,10 @@ async fn observe(State(state): State<SharedState>, mut request: Request, next: N
     let response = if !path_is_utf8(request.uri().path()) {
         ApiError::BadRequest("The request path is not valid percent-encoded UTF-8".into())
             .into_response()
-    } else if via.split(',').any(|hop| hop.trim() == state.node_id) {
+    } else if via.split(',').any(|hop| hop.trim() == state.node.node_id) {
         ApiError::LoopDetected(format!(
             "Loop detected: this request already passed through node {} ({via})",
-            state.node_id
+            state.node.node_id
         ))
         .into_response()
     } else if decision.allowed {
@@ -301,11 +175,13 @@ async fn observe(State(state): State<SharedState>, mut request: Request, next: N
     let response = json_error_body(response).await;
     let status = response.status().as_u16().to_string();
     state
+        .node
         .metrics
         .requests
         .with_label_values(&[&endpoint, &status])
         .inc();
     state
+        .node
         .metrics
         .latency
         .with_label_values(&[&endpoint])
@@ -367,22 +243,11 @@ async fn json_error_body(response: Response) -> Response {
     Response::from_parts(parts, axum::body::Body::from(body))
 }
 
-/// IPv6 clients are limited per /56, like the reference.
-fn global_key(ip: std::net::IpAddr) -> String {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => {
-            let s = v6.segments();
-            format!("{:x}:{:x}:{:x}:{:x}::/56", s[0], s[1], s[2], s[3] & 0xff00)
-        }
-    }
-}
-
 /// Liveness: the process serves. It fails only when the storage stays unwritable although its
 /// file system has room again — the engine is wedged, and only a restart recovers it.
 async fn health(State(state): State<SharedState>) -> Response {
-    if state.storage_health.wedged() {
-        let failure = state.storage_health.failure().map(|f| f.reason);
+    if state.node.storage_health.wedged() {
+        let failure = state.node.storage_health.failure().map(|f| f.reason);
         return (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({
@@ -399,28 +264,7 @@ async fn health(State(state): State<SharedState>) -> Response {
 /// Readiness: whether clients should be routed here (see `NodeStatus::ready`): storage writable,
 /// an upstream connected (nodes that need one), every carried store caught up (relays).
 async fn ready(State(state): State<SharedState>) -> Response {
-    let mut reasons = Vec::new();
-    if let Some(f) = state.storage_health.failure() {
-        reasons.push(format!("storage refuses writes: {}", f.reason));
-    }
-    let needs_upstream = matches!(
-        state.config.role,
-        Role::Relay | Role::Edge | Role::Passthrough
-    );
-    if needs_upstream
-        && !state
-            .links
-            .as_ref()
-            .is_some_and(|l| l.any_upstream_connected())
-    {
-        reasons.push("no upstream is connected".into());
-    }
-    let catching_up = crate::sync::service::catching_up(&state);
-    if catching_up > 0 {
-        reasons.push(format!(
-            "catching up with the upstream on {catching_up} store(s)"
-        ));
-    }
+    let reasons = state.node.not_ready_reasons();
     if reasons.is_empty() {
         Json(serde_json::json!({"status": "ready", "timestamp": now_ms()})).into_response()
     } else {
@@ -465,18 +309,19 @@ async fn status(State(state): State<SharedState>, headers: HeaderMap) -> Respons
     if let Err(e) = status_access(&state, &headers) {
         return e.into_response();
     }
-    Json(crate::sync::status::node_status(&state).await).into_response()
+    Json(crate::roles::status::node_status(&state.node).await).into_response()
 }
 
 async fn metrics(State(state): State<SharedState>, headers: HeaderMap) -> Response {
     if let Err(e) = status_access(&state, &headers) {
         return e.into_response();
     }
-    if let Some(links) = &state.links {
+    if let Some(links) = &state.node.links {
         let now = now_ms();
         for link in links.all() {
             if let Some(t) = link.last_success_ms() {
                 state
+                    .node
                     .metrics
                     .sync_age_seconds
                     .with_label_values(&[&link.name])
@@ -486,7 +331,14 @@ async fn metrics(State(state): State<SharedState>, headers: HeaderMap) -> Respon
     }
     (
         [("content-type", "text/plain; version=0.0.4")],
-        state.metrics.render(&state.stores).await,
+        state
+            .node
+            .metrics
+            .render(
+                &state.node.stores,
+                state.node.cache.as_ref().map(|c| c.status()),
+            )
+            .await,
     )
         .into_response()
 }
@@ -506,11 +358,11 @@ pub fn body_limit_text(bytes: u64) -> String {
 
 async fn server_info(State(state): State<SharedState>) -> Response {
     Json(ServerInfo {
-        name: state.config.name.clone(),
-        signing_public_key: state.identity.signing_public_pem.clone(),
-        encryption_public_key: state.identity.encryption_public_pem.clone(),
-        max_json_request_body_limit: body_limit_text(state.config.limits.max_body_bytes),
-        max_json_request_body_bytes: state.config.limits.max_body_bytes,
+        name: state.node.config.name.clone(),
+        signing_public_key: state.node.identity.signing_public_pem.clone(),
+        encryption_public_key: state.node.identity.encryption_public_pem.clone(),
+        max_json_request_body_limit: body_limit_text(state.node.config.limits.max_body_bytes),
+        max_json_request_body_bytes: state.node.config.limits.max_body_bytes,
         timestamping: Timestamping::default(),
     })
     .into_response()

@@ -97,8 +97,9 @@ fn payload_bytes(entries: &[RawEntry]) -> u64 {
 }
 
 fn too_large(ctx: &SyncCtx) -> ApiError {
-    let cap = ctx.state.config.limits.max_response_bytes;
+    let cap = ctx.state.node.config.limits.max_response_bytes;
     ctx.state
+        .node
         .metrics
         .requests_refused
         .with_label_values(&["response_too_large"])
@@ -118,7 +119,7 @@ pub async fn read_within_cap(
     let mut reader = GroupReader::new(
         store.clone(),
         ids,
-        ctx.state.config.limits.max_response_bytes,
+        ctx.state.node.config.limits.max_response_bytes,
     );
     let mut entries = Vec::new();
     while let Some(group) = reader.next().await {
@@ -147,7 +148,7 @@ pub async fn binary(
     store: SharedStore,
     ids: Vec<String>,
 ) -> Result<Response, ApiError> {
-    let mut reader = GroupReader::new(store, ids, ctx.state.config.limits.max_response_bytes);
+    let mut reader = GroupReader::new(store, ids, ctx.state.node.config.limits.max_response_bytes);
     let mut buffered: Vec<RawEntry> = Vec::new();
     let mut buffered_bytes = 0u64;
     let mut streaming = false;
@@ -190,7 +191,7 @@ pub async fn binary(
         return Ok(([octets, (header::CONTENT_LENGTH, length.to_string())], body).into_response());
     }
     let (tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let metrics = ctx.state.metrics.clone();
+    let metrics = ctx.state.node.metrics.clone();
     tokio::spawn(stream_rest(reader, session_key, first, tx, metrics));
     Ok(([octets], Body::from_stream(rx)).into_response())
 }

@@ -16,39 +16,16 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::{ApiError, INVALID_TOKEN, MISSING_AUTH};
-use super::ingest::{self, IngestInput, Witness};
-use super::{now_ms, resolve_tenant, responses, tenant_dir, ClientIp, SharedState};
+use super::{resolve_tenant, responses, tenant_dir, ClientIp, SharedState};
+use crate::clock::now_ms;
 use crate::config::Role;
 use crate::crypto::transport::{hybrid_encrypt, SessionKey};
 use crate::directory::{Directory, Principal};
+use crate::ingest::{self, IngestInput, Witness};
+use crate::roles::Access;
 use crate::store::registry::SharedStore;
 use crate::store::PutSummary;
 use crate::wire::*;
-
-/// Operations served by `POST /:tenantId/sync/:storeKind/:op`.
-const POST_OPERATIONS: &[&str] = &[
-    "findNewEntries",
-    "findNewEntriesForDoc",
-    "findEntries",
-    "scanEntriesSince",
-    "getStoreHead",
-    "getIdBloomSummary",
-    "getCompactionStatus",
-    "getEntries",
-    "getEntriesBinary",
-    "putEntriesBinary",
-    "getEntryMetadata",
-    "putEntries",
-    "hasEntries",
-    "resolveDependencies",
-    "planDocumentMaterialization",
-    "planDocumentMaterializationBatch",
-    "planAttachmentReadByWalkingMetadata",
-];
-
-pub fn is_known_operation(op: &str) -> bool {
-    POST_OPERATIONS.contains(&op) || matches!(op, "capabilities" | "getAllIds" | "events")
-}
 
 /// An authorised sync request.
 pub struct SyncCtx {
@@ -67,14 +44,18 @@ impl SyncCtx {
 
     /// The store serving reads of `db_id` for this node's role (never creates one).
     pub fn store(&self, db_id: &str) -> Result<SharedStore, ApiError> {
-        self.state
-            .backing_store(&self.store_id(db_id)?, super::Access::Read)
+        Ok(self
+            .state
+            .node
+            .backing_store(&self.store_id(db_id)?, Access::Read)?)
     }
 
     /// The store taking writes to `db_id` (created within the tenant's database limit).
     pub fn store_for_write(&self, db_id: &str) -> Result<SharedStore, ApiError> {
-        self.state
-            .backing_store(&self.store_id(db_id)?, super::Access::Write)
+        Ok(self
+            .state
+            .node
+            .backing_store(&self.store_id(db_id)?, Access::Write)?)
     }
 }
 
@@ -127,6 +108,34 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
+/// A sync request's tenant and the principal its bearer token names.
+pub struct TokenHolder {
+    pub tenant: String,
+    pub directory: Arc<Directory>,
+    /// `None` when the token is invalid or expired.
+    pub principal: Option<Arc<Principal>>,
+}
+
+/// The checks of a sync request that need no body, in the protocol's order: the tenant, the
+/// header, then the token.
+pub fn token_holder(
+    state: &SharedState,
+    tenant_raw: &str,
+    headers: &HeaderMap,
+) -> Result<TokenHolder, ApiError> {
+    let (tenant, directory) = resolve_tenant(state, tenant_raw)?;
+    let token = bearer(headers).ok_or(ApiError::Unauthorized(MISSING_AUTH))?;
+    let principal =
+        state
+            .auth
+            .validate_token(&tenant, tenant_dir(&directory, &tenant), token, now_ms());
+    Ok(TokenHolder {
+        tenant,
+        directory,
+        principal,
+    })
+}
+
 /// Common checks; `db_of` extracts the dbId once the body is parsed.
 pub fn authorize(
     state: &SharedState,
@@ -137,12 +146,11 @@ pub fn authorize(
 ) -> Result<(SyncCtxPending, Arc<Directory>), ApiError> {
     let kind = StoreKind::parse(kind_raw)
         .ok_or_else(|| ApiError::NotFound(format!("Cannot POST /{tenant_raw}/sync/{kind_raw}")))?;
-    let (tenant, directory) = resolve_tenant(state, tenant_raw)?;
-    let token = bearer(headers).ok_or(ApiError::Unauthorized(MISSING_AUTH))?;
-    let principal =
-        state
-            .auth
-            .validate_token(&tenant, tenant_dir(&directory, &tenant), token, now_ms());
+    let TokenHolder {
+        tenant,
+        directory,
+        principal,
+    } = token_holder(state, tenant_raw, headers)?;
     let who = principal
         .as_ref()
         .map(|p| p.signing_pem.as_str())
@@ -182,6 +190,7 @@ impl SyncCtxPending {
     ) -> Result<SyncCtx, ApiError> {
         let principal = self.principal.ok_or_else(|| {
             state
+                .node
                 .metrics
                 .auth_failures
                 .with_label_values(&["token"])
@@ -222,7 +231,7 @@ pub async fn capabilities(
             supports_batch_materialization_planning: false,
             supports_attachment_read_planning: false,
             server_time: Some(now_ms()),
-            supports_access_control_v1: state.config.stamps_witness(),
+            supports_access_control_v1: state.node.config.stamps_witness(),
             supports_remote_wipe_v1: false,
             supports_store_head: true,
             supports_session_key_wrap: true,
@@ -460,10 +469,11 @@ pub async fn put_entries(
         ids::validate_entry_id(&entry.metadata.id)
             .map_err(|e| ApiError::BadRequest(format!("entries[{i}]: {e}")))?;
     }
-    let role = ctx.state.config.role;
+    let role = ctx.state.node.config.role;
     if role.has_local_copy() {
-        if let Some(failure) = ctx.state.storage_health.failure() {
+        if let Some(failure) = ctx.state.node.storage_health.failure() {
             ctx.state
+                .node
                 .metrics
                 .requests_refused
                 .with_label_values(&["storage_unwritable"])
@@ -501,11 +511,17 @@ pub async fn put_entries(
             return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
         }
         Role::Relay => {
-            match crate::sync::service::forward_writes(&ctx.state, &id, accepted.clone()).await {
+            match crate::roles::replication::forward_writes(&ctx.state.node, &id, accepted.clone())
+                .await
+            {
                 Some(outcome) => merge_upstream_verdict(db, accepted, outcome, &mut response),
                 None => {
                     tracing::info!(store = %id, entries = accepted.len(), "upstream away: write kept and queued");
-                    crate::sync::service::note_queued(&ctx.state, &id, accepted.len() as u64);
+                    crate::roles::replication::note_queued(
+                        &ctx.state.node,
+                        &id,
+                        accepted.len() as u64,
+                    );
                     accepted
                 }
             }
@@ -547,9 +563,9 @@ async fn verify(
         let input = IngestInput {
             directory: tenant_dir(&directory, &tenant),
             db_id: &db,
-            witness: state.config.stamps_witness().then(|| Witness {
-                key: &state.identity.signer,
-                pem: &state.identity.signing_public_pem,
+            witness: state.node.config.stamps_witness().then(|| Witness {
+                key: &state.node.identity.signer,
+                pem: &state.node.identity.signing_public_pem,
             }),
             now_ms: now_ms(),
             history: false,
@@ -560,6 +576,7 @@ async fn verify(
     .map_err(ApiError::internal)?;
     for reason in &plan.reasons {
         ctx.state
+            .node
             .metrics
             .verification_failures
             .with_label_values(&[reason.label()])
@@ -574,8 +591,8 @@ fn noted(
     written: Result<PutSummary, crate::store::StoreError>,
 ) -> Result<PutSummary, crate::store::StoreError> {
     if let Err(e) = &written {
-        if ctx.state.storage_health.note(e, now_ms()) {
-            ctx.state.metrics.storage_unwritable.set(1);
+        if ctx.state.node.storage_health.note(e, now_ms()) {
+            ctx.state.node.metrics.storage_unwritable.set(1);
         }
     }
     written
@@ -583,6 +600,7 @@ fn noted(
 
 fn count_ingested(ctx: &SyncCtx, summary: PutSummary) {
     ctx.state
+        .node
         .metrics
         .entries_ingested
         .with_label_values(&[&ctx.tenant, ctx.kind.as_str()])

@@ -12,7 +12,6 @@
 //! The derived operations (find-new-entries, find-entries, all ids, bloom, resolve dependencies) have
 //! default implementations in terms of the primitives, so a new store only implements those.
 
-pub mod cache;
 pub mod health;
 pub mod memory;
 pub mod registry;

@@ -165,7 +165,7 @@ impl StoreRegistry {
         Ok(opened)
     }
 
-    /// A persisted sync cursor (see `sync::service`).
+    /// A persisted sync cursor (see `roles::replication`).
     pub fn load_sync_state(&self, key: &str) -> Option<Vec<u8>> {
         match &self.backend {
             StorageBackend::Sled(db) => db

@@ -335,7 +335,7 @@ async fn retry_held(
     admission: Option<&dyn Admission>,
     report: &mut SyncReport,
 ) -> Result<(), StoreError> {
-    let now = crate::server::now_ms();
+    let now = crate::clock::now_ms();
     let generation = admission.map(|a| a.generation());
     let due = match &generation {
         Some(g) => state.held_generation.as_ref() != Some(g),

@@ -157,7 +157,7 @@ impl Link {
     pub fn record_success(&self) {
         let mut h = self.health.lock().expect("health");
         h.connected = true;
-        h.last_success_ms = Some(crate::server::now_ms());
+        h.last_success_ms = Some(crate::clock::now_ms());
         h.last_error = None;
         h.down_until = None;
     }
@@ -272,7 +272,7 @@ impl Link {
 
     pub fn status(&self, lag: u64) -> LinkStatus {
         let h = self.health.lock().expect("health");
-        let now = crate::server::now_ms();
+        let now = crate::clock::now_ms();
         LinkStatus {
             name: self.name.clone(),
             url: self.url.clone(),

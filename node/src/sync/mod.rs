@@ -1,8 +1,6 @@
-//! Moving entries between stores: the [`engine`] (one pass between any two stores), the node's
-//! [`links`] to upstreams and peers, the background [`service`] of relays and peers, and the
-//! node's [`status`] report built from all of it.
+//! Moving entries between stores: the [`engine`] (one pass between any two stores) and the node's
+//! [`links`] to upstreams and peers. The background loop that drives them for a node lives with the
+//! node (`roles::replication`).
 
 pub mod engine;
 pub mod links;
-pub mod service;
-pub mod status;

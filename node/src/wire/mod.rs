@@ -16,6 +16,32 @@ pub use ids::{StoreId, StoreKind};
 
 /// Protocol version this node speaks.
 pub const PROTOCOL_VERSION: &str = "sync-v5";
+/// Operations served by `POST /:tenantId/sync/:storeKind/:op`.
+pub const POST_OPERATIONS: &[&str] = &[
+    "findNewEntries",
+    "findNewEntriesForDoc",
+    "findEntries",
+    "scanEntriesSince",
+    "getStoreHead",
+    "getIdBloomSummary",
+    "getCompactionStatus",
+    "getEntries",
+    "getEntriesBinary",
+    "putEntriesBinary",
+    "getEntryMetadata",
+    "putEntries",
+    "hasEntries",
+    "resolveDependencies",
+    "planDocumentMaterialization",
+    "planDocumentMaterializationBatch",
+    "planAttachmentReadByWalkingMetadata",
+];
+
+/// Whether `op` names an operation of the sync routes (POST or GET).
+pub fn is_known_operation(op: &str) -> bool {
+    POST_OPERATIONS.contains(&op) || matches!(op, "capabilities" | "getAllIds" | "events")
+}
+
 /// Largest page `scanEntriesSince` returns (`MAX_SCAN_PAGE_SIZE`).
 pub const MAX_SCAN_PAGE: usize = 1000;
 /// Cap on id arrays in requests (`hasEntries`, `getEntries`, `findNewEntries`, …).

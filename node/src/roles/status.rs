@@ -1,20 +1,20 @@
 //! Builds the `/status` report ([`crate::status::NodeStatus`]) from the node's stores and links.
+//! Readiness is [`Node::not_ready_reasons`], the same answer `/ready` gives.
 
-use crate::config::Role;
-use crate::server::SharedState;
+use super::{replication, Node};
 use crate::status::{NodeStatus, StoreStatus};
 
-pub async fn node_status(state: &SharedState) -> NodeStatus {
+pub async fn node_status(node: &Node) -> NodeStatus {
     let mut stores = Vec::new();
     let mut entries = 0;
     let mut max_lag = 0;
-    let mut opened = state.stores.opened();
+    let mut opened = node.stores.opened();
     opened.sort_by_key(|s| s.id().to_string());
     for store in opened {
         let id = store.id().clone();
         let stats = store.stats().await.unwrap_or_default();
         let head = store.get_store_head().await.ok();
-        let links: Vec<_> = state
+        let links: Vec<_> = node
             .links
             .iter()
             .flat_map(|l| l.all())
@@ -32,7 +32,7 @@ pub async fn node_status(state: &SharedState) -> NodeStatus {
             links,
         });
     }
-    let links = match &state.links {
+    let links = match &node.links {
         Some(l) => l
             .all()
             .map(|link| {
@@ -47,34 +47,24 @@ pub async fn node_status(state: &SharedState) -> NodeStatus {
             .collect(),
         None => Vec::new(),
     };
-    let needs_upstream = matches!(
-        state.config.role,
-        Role::Relay | Role::Edge | Role::Passthrough
-    );
-    let catching_up = crate::sync::service::catching_up(state) as u64;
-    let storage_failure = state.storage_health.failure().map(|f| f.reason);
-    let ready = storage_failure.is_none()
-        && catching_up == 0
-        && (!needs_upstream
-            || state
-                .links
-                .as_ref()
-                .is_some_and(|l| l.any_upstream_connected()));
+    let catching_up = replication::catching_up(node) as u64;
+    let storage_failure = node.storage_health.failure().map(|f| f.reason);
+    let ready = node.not_ready_reasons().is_empty();
     NodeStatus {
-        node_id: state.node_id.clone(),
-        name: state.config.name.clone(),
-        role: state.config.role,
+        node_id: node.node_id.clone(),
+        name: node.config.name.clone(),
+        role: node.config.role,
         version: env!("CARGO_PKG_VERSION").to_string(),
-        chain: state.links.as_ref().map(|l| l.chain()).unwrap_or_default(),
+        chain: node.links.as_ref().map(|l| l.chain()).unwrap_or_default(),
         ready,
         links,
         stores,
-        cache: state.cache.as_ref().map(|c| c.status()),
+        cache: node.cache.as_ref().map(|c| c.status()),
         entries,
         max_lag,
-        queued_writes: crate::sync::service::queued_writes(state).await,
+        queued_writes: replication::queued_writes(node).await,
         catching_up,
         storage_failure,
-        held_entries: crate::sync::service::held_entries(state),
+        held_entries: replication::held_entries(node),
     }
 }

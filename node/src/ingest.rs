@@ -308,13 +308,13 @@ mod tests {
         let witness = identity("server");
         let directory = directory_trusting(&alice);
         let mut entries: Vec<Entry> = (0..300)
-            .map(|n| crate::demo::author_entry(&alice, "doc", n, vec![n as u8; 64]))
+            .map(|n| crate::crypto::signing::author_entry(&alice, "doc", n, vec![n as u8; 64]))
             .collect();
         entries[5].encrypted_data[0] ^= 1;
         if let Some(sig) = entries[150].metadata.metadata_signature.as_mut() {
             sig.0[0] ^= 1;
         }
-        entries[250] = crate::demo::author_entry(&outsider, "doc", 250, vec![7; 64]);
+        entries[250] = crate::crypto::signing::author_entry(&outsider, "doc", 250, vec![7; 64]);
         let mut stored = entries[10].metadata.clone();
         stored.receipt_order = Some(1);
         let existing = HashMap::from([(stored.id.clone(), stored.clone())]);

@@ -13,15 +13,15 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::Notify;
 
-use super::engine::{self, Admission, Admitted, SyncOptions, SyncState};
-use super::links::{Link, LinkError};
+use super::{Node, SharedNode};
 use crate::client::transport::SseParser;
 use crate::config::UpstreamMode;
 use crate::directory::Directory;
-use crate::server::ingest::{self, IngestInput};
-use crate::server::SharedState;
+use crate::ingest::{self, IngestInput};
 use crate::status::LinkKind;
 use crate::store::{ContentAddressedStore, PushOutcome, StoreError};
+use crate::sync::engine::{self, Admission, Admitted, SyncOptions, SyncState};
+use crate::sync::links::{Link, LinkError};
 use crate::wire::{ChangeEventData, Entry, StoreId, StoreKind};
 
 /// Which directions a store needs.
@@ -93,7 +93,7 @@ impl CaughtUp {
 /// the directory does not know (yet), or a tenant it does not carry (yet), holds the entry back:
 /// it is retried when the directory changes, never passed over.
 pub struct DirectoryAdmission {
-    pub state: SharedState,
+    pub node: SharedNode,
     pub directory: Arc<Directory>,
     pub store: StoreId,
     pub link: String,
@@ -111,7 +111,7 @@ impl Admission for DirectoryAdmission {
             directory: tenant,
             db_id: &self.store.db_id,
             witness: None,
-            now_ms: crate::server::now_ms(),
+            now_ms: crate::clock::now_ms(),
             history: true,
         };
         let plan = ingest::plan(&input, entries, &HashMap::new());
@@ -126,7 +126,7 @@ impl Admission for DirectoryAdmission {
                 admitted.held.push(rejection.id);
                 continue;
             }
-            self.state
+            self.node
                 .metrics
                 .verification_failures
                 .with_label_values(&[reason.label()])
@@ -149,25 +149,24 @@ fn state_key(link: &str, direction: &str, id: &StoreId) -> String {
     format!("{link}|{direction}|{id}")
 }
 
-fn load_state(state: &SharedState, key: &str) -> SyncState {
-    state
-        .stores
+fn load_state(node: &Node, key: &str) -> SyncState {
+    node.stores
         .load_sync_state(key)
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or_default()
 }
 
-fn save_state(state: &SharedState, key: &str, value: &SyncState) {
+fn save_state(node: &Node, key: &str, value: &SyncState) {
     let bytes = serde_json::to_vec(value).expect("sync state serialises");
-    if let Err(e) = state.stores.save_sync_state(key, &bytes) {
+    if let Err(e) = node.stores.save_sync_state(key, &bytes) {
         tracing::warn!(error = %e, key, "cannot persist a sync cursor; the next pass rescans more");
     }
 }
 
 /// The links a pass for one store uses: every peer, plus the upstreams per mode (the first
 /// reachable one in failover order, every one when merged).
-fn links_for_pass(state: &SharedState) -> Vec<Arc<Link>> {
-    let Some(links) = &state.links else {
+fn links_for_pass(node: &Node) -> Vec<Arc<Link>> {
+    let Some(links) = &node.links else {
         return Vec::new();
     };
     let mut out: Vec<Arc<Link>> = match links.mode {
@@ -180,28 +179,28 @@ fn links_for_pass(state: &SharedState) -> Vec<Arc<Link>> {
 
 /// Runs one pull and/or push pass of `id` with `link`.
 async fn sync_with_link(
-    state: &SharedState,
+    node: &SharedNode,
     link: &Link,
     id: &StoreId,
     want: Want,
 ) -> Result<(), StoreError> {
-    let local = state.stores.open(id)?;
+    let local = node.stores.open(id)?;
     let remote = link.store(id);
     let options = SyncOptions {
-        batch_size: state.config.sync.batch_size,
-        batch_bytes: state.config.sync.batch_bytes,
-        max_in_flight: state.config.sync.max_in_flight,
+        batch_size: node.config.sync.batch_size,
+        batch_bytes: node.config.sync.batch_bytes,
+        max_in_flight: node.config.sync.max_in_flight,
     };
     if want.pull {
         let key = state_key(&link.name, "pull", id);
-        let mut cursor = load_state(state, &key);
+        let mut cursor = load_state(node, &key);
         let admission = DirectoryAdmission {
-            state: state.clone(),
-            directory: state.directory.current(),
+            node: node.clone(),
+            directory: node.directory.current(),
             store: id.clone(),
             link: link.name.clone(),
         };
-        let mut persist = |s: &SyncState, _: &engine::Progress| save_state(state, &key, s);
+        let mut persist = |s: &SyncState, _: &engine::Progress| save_state(node, &key, s);
         let report = engine::pull_changes_from(
             remote.as_ref(),
             local.as_ref(),
@@ -211,18 +210,18 @@ async fn sync_with_link(
             &mut persist,
         )
         .await?;
-        save_state(state, &key, &cursor);
+        save_state(node, &key, &cursor);
         if link.kind == LinkKind::Upstream && report.lag == 0 {
-            state.caught_up.insert(id);
+            node.caught_up.insert(id);
         }
-        record_pass(state, link, id, Direction::Pull, &report);
+        record_pass(node, link, id, Direction::Pull, &report);
     }
     if want.push {
         // Everything queued before this pass starts is delivered when it succeeds.
-        let queued_at_start = queued_for(state, id);
+        let queued_at_start = queued_for(node, id);
         let key = state_key(&link.name, "push", id);
-        let mut cursor = load_state(state, &key);
-        let mut persist = |s: &SyncState, _: &engine::Progress| save_state(state, &key, s);
+        let mut cursor = load_state(node, &key);
+        let mut persist = |s: &SyncState, _: &engine::Progress| save_state(node, &key, s);
         let report = engine::push_changes_to(
             local.as_ref(),
             remote.as_ref(),
@@ -231,20 +230,20 @@ async fn sync_with_link(
             &mut persist,
         )
         .await?;
-        save_state(state, &key, &cursor);
+        save_state(node, &key, &cursor);
         if link.kind == LinkKind::Upstream && queued_at_start > 0 {
             let _guard = QUEUED_LOCK.lock().expect("queued lock");
             set_queued(
-                state,
+                node,
                 id,
-                queued_for(state, id).saturating_sub(queued_at_start),
+                queued_for(node, id).saturating_sub(queued_at_start),
             );
         }
         for r in &report.rejected {
             tracing::warn!(link = %link.name, store = %id, id = %r.id, reason = %r.reason,
                 "upstream rejected an entry");
         }
-        record_pass(state, link, id, Direction::Push, &report);
+        record_pass(node, link, id, Direction::Push, &report);
     }
     Ok(())
 }
@@ -266,13 +265,13 @@ impl Direction {
 
 /// Metrics, log line and per-link figures of one successful pass.
 fn record_pass(
-    state: &SharedState,
+    node: &Node,
     link: &Link,
     id: &StoreId,
     direction: Direction,
     report: &engine::SyncReport,
 ) {
-    let metrics = &state.metrics;
+    let metrics = &node.metrics;
     let dir = direction.label();
     metrics
         .sync_entries
@@ -312,19 +311,18 @@ fn record_pass(
             }
         }
         f.full_scans += u64::from(report.full_scan);
-        f.last_sync_ms = Some(crate::server::now_ms());
+        f.last_sync_ms = Some(crate::clock::now_ms());
     });
 }
 
 /// Counts a failed pass and logs it once per new failure, not once per retry of the same outage.
-fn record_failure(state: &SharedState, link: &Link, id: &StoreId, error: &StoreError) {
+fn record_failure(node: &Node, link: &Link, id: &StoreId, error: &StoreError) {
     let kind = if error.is_transient() {
         "transient"
     } else {
         "permanent"
     };
-    state
-        .metrics
+    node.metrics
         .sync_errors
         .with_label_values(&[&link.name, kind])
         .inc();
@@ -336,14 +334,14 @@ fn record_failure(state: &SharedState, link: &Link, id: &StoreId, error: &StoreE
 }
 
 /// One store, all its links.
-async fn sync_store(state: &SharedState, id: &StoreId, want: Want) {
-    let own_id = state.node_id.clone();
-    let failover = state
+async fn sync_store(node: &SharedNode, id: &StoreId, want: Want) {
+    let own_id = node.node_id.clone();
+    let failover = node
         .links
         .as_ref()
         .is_some_and(|l| l.mode == UpstreamMode::Failover);
     let mut upstream_served = false;
-    for link in links_for_pass(state) {
+    for link in links_for_pass(node) {
         // Failover: one healthy upstream is enough; the others are skipped, peers are not.
         if failover && upstream_served && link.kind == LinkKind::Upstream {
             continue;
@@ -357,8 +355,7 @@ async fn sync_store(state: &SharedState, id: &StoreId, want: Want) {
             }
             Err(e) if link.kind == LinkKind::Upstream => {
                 tracing::debug!(error = %e, "not syncing with this upstream");
-                state
-                    .metrics
+                node.metrics
                     .sync_errors
                     .with_label_values(&[&link.name, "cycle_or_unreachable"])
                     .inc();
@@ -367,23 +364,22 @@ async fn sync_store(state: &SharedState, id: &StoreId, want: Want) {
             // A peer that is unreachable right now: the pass below records the failure.
             Err(_) => {}
         }
-        match sync_with_link(state, &link, id, want).await {
+        match sync_with_link(node, &link, id, want).await {
             Ok(()) => {
                 link.record_success();
                 upstream_served |= link.kind == LinkKind::Upstream;
             }
-            Err(e) => record_failure(state, &link, id, &e),
+            Err(e) => record_failure(node, &link, id, &e),
         }
     }
 }
 
 /// Entries held back over all links and stores (see `StoreFigures::held`).
-pub fn held_entries(state: &SharedState) -> u64 {
-    let Some(links) = &state.links else {
+pub fn held_entries(node: &Node) -> u64 {
+    let Some(links) = &node.links else {
         return 0;
     };
-    state
-        .stores
+    node.stores
         .opened()
         .iter()
         .map(|s| links.all().map(|l| l.figures(s.id()).held()).sum::<u64>())
@@ -392,25 +388,25 @@ pub fn held_entries(state: &SharedState) -> u64 {
 
 /// Carried stores a relay has not caught up on since it started (0 for other roles): while any
 /// is left the relay is not ready.
-pub fn catching_up(state: &SharedState) -> usize {
-    if state.config.role != crate::config::Role::Relay {
+pub fn catching_up(node: &Node) -> usize {
+    if node.config.role != crate::config::Role::Relay {
         return 0;
     }
-    carried_stores(state)
+    carried_stores(node)
         .iter()
-        .filter(|id| !state.caught_up.contains(id))
+        .filter(|id| !node.caught_up.contains(id))
         .count()
 }
 
 /// Stores the node carries: configured databases (both kinds) and every store opened locally.
-fn carried_stores(state: &SharedState) -> HashSet<StoreId> {
-    let mut out: HashSet<StoreId> = state
+fn carried_stores(node: &Node) -> HashSet<StoreId> {
+    let mut out: HashSet<StoreId> = node
         .stores
         .opened()
         .iter()
         .map(|s| s.id().clone())
         .collect();
-    for d in &state.config.databases {
+    for d in &node.config.databases {
         for kind in [StoreKind::Docs, StoreKind::Attachments] {
             if let Ok(id) = StoreId::new(&d.tenant, &d.db, kind) {
                 out.insert(id);
@@ -471,13 +467,13 @@ pub struct UpstreamFeeds {
 impl UpstreamFeeds {
     /// Makes sure the change events of `tenant`'s `kind` stores at every upstream reach this node's
     /// change feed.
-    pub fn follow(state: &SharedState, tenant: &str, kind: StoreKind) {
-        let Some(links) = state.links.clone() else {
+    pub fn follow(node: &SharedNode, tenant: &str, kind: StoreKind) {
+        let Some(links) = node.links.clone() else {
             return;
         };
         for link in links.upstreams.iter() {
             let key = (link.name.clone(), tenant.to_string(), kind);
-            if !state
+            if !node
                 .upstream_feeds
                 .followed
                 .lock()
@@ -486,7 +482,7 @@ impl UpstreamFeeds {
             {
                 continue;
             }
-            let relayed = state.clone();
+            let relayed = node.clone();
             tokio::spawn(follow_feed(
                 link.clone(),
                 tenant.to_string(),
@@ -507,26 +503,26 @@ impl UpstreamFeeds {
 
 /// Nodes without a local copy (edge, passthrough) only watch their upstreams: reachability and
 /// chain (cycle) checks, every sync interval.
-async fn probe_upstreams(state: SharedState, shutdown: impl std::future::Future<Output = ()>) {
-    let Some(links) = state.links.clone() else {
+async fn probe_upstreams(node: SharedNode, shutdown: impl std::future::Future<Output = ()>) {
+    let Some(links) = node.links.clone() else {
         return;
     };
-    let mut tick = tokio::time::interval(Duration::from_millis(state.config.sync.interval_ms));
+    let mut tick = tokio::time::interval(Duration::from_millis(node.config.sync.interval_ms));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tick.tick() => {}
         }
-        check_upstreams(&state, &links.upstreams, true).await;
+        check_upstreams(&node, &links.upstreams, true).await;
     }
 }
 
 /// Reads each upstream's chain (cached for a while by the link) and records the outcome; a link
 /// that would close a cycle is marked and skipped from then on.
-async fn check_upstreams(state: &SharedState, upstreams: &[Arc<Link>], record_success: bool) {
+async fn check_upstreams(node: &Node, upstreams: &[Arc<Link>], record_success: bool) {
     for link in upstreams {
-        match link.check_chain(&state.node_id).await {
+        match link.check_chain(&node.node_id).await {
             Ok(_) if record_success => link.record_success(),
             Ok(_) => {}
             Err(e) => {
@@ -545,15 +541,15 @@ async fn check_upstreams(state: &SharedState, upstreams: &[Arc<Link>], record_su
 }
 
 /// The background work of a node with links; returns when `shutdown` resolves.
-pub async fn run(state: SharedState, shutdown: impl std::future::Future<Output = ()>) {
-    let Some(links) = state.links.clone() else {
+pub async fn run(node: SharedNode, shutdown: impl std::future::Future<Output = ()>) {
+    let Some(links) = node.links.clone() else {
         return;
     };
-    if !state.config.role.has_local_copy() {
-        return probe_upstreams(state, shutdown).await;
+    if !node.config.role.has_local_copy() {
+        return probe_upstreams(node, shutdown).await;
     }
-    let mut changes = state.stores.subscribe();
-    let mut tick = tokio::time::interval(Duration::from_millis(state.config.sync.interval_ms));
+    let mut changes = node.stores.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_millis(node.config.sync.interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut feeds: HashSet<(String, String, StoreKind)> = HashSet::new();
     let mut feed_tasks = Vec::new();
@@ -564,16 +560,16 @@ pub async fn run(state: SharedState, shutdown: impl std::future::Future<Output =
             _ = tick.tick() => true,
             change = changes.recv() => {
                 if let Ok(change) = change {
-                    state.sync_queue.request(change.store, Want { pull: false, push: true });
+                    node.sync_queue.request(change.store, Want { pull: false, push: true });
                 }
                 false
             }
-            _ = state.sync_queue.wake.notified() => false,
+            _ = node.sync_queue.wake.notified() => false,
         };
-        let mut work = state.sync_queue.take();
+        let mut work = node.sync_queue.take();
         if everything {
-            check_upstreams(&state, &links.upstreams, false).await;
-            for id in carried_stores(&state) {
+            check_upstreams(&node, &links.upstreams, false).await;
+            for id in carried_stores(&node) {
                 work.insert(
                     id,
                     Want {
@@ -584,7 +580,7 @@ pub async fn run(state: SharedState, shutdown: impl std::future::Future<Output =
             }
         }
         // Subscribe to the change feeds of every tenant carried.
-        let tenants: HashSet<String> = carried_stores(&state)
+        let tenants: HashSet<String> = carried_stores(&node)
             .into_iter()
             .map(|id| id.tenant_id)
             .collect();
@@ -592,7 +588,7 @@ pub async fn run(state: SharedState, shutdown: impl std::future::Future<Output =
             for tenant in &tenants {
                 for kind in [StoreKind::Docs, StoreKind::Attachments] {
                     if feeds.insert((link.name.clone(), tenant.clone(), kind)) {
-                        let queue = state.clone();
+                        let queue = node.clone();
                         feed_tasks.push(tokio::spawn(follow_feed(
                             link.clone(),
                             tenant.clone(),
@@ -614,9 +610,9 @@ pub async fn run(state: SharedState, shutdown: impl std::future::Future<Output =
         let mut ids: Vec<(StoreId, Want)> = work.into_iter().collect();
         ids.sort_by_key(|(id, _)| id.to_string());
         for (id, want) in ids {
-            sync_store(&state, &id, want).await;
+            sync_store(&node, &id, want).await;
         }
-        update_queue_gauge(&state).await;
+        update_queue_gauge(&node).await;
     }
     for task in feed_tasks {
         task.abort();
@@ -630,27 +626,26 @@ fn queued_key(id: &StoreId) -> String {
     format!("queued|{id}")
 }
 
-fn queued_for(state: &SharedState, id: &StoreId) -> u64 {
-    state
-        .stores
+fn queued_for(node: &Node, id: &StoreId) -> u64 {
+    node.stores
         .load_sync_state(&queued_key(id))
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or(0)
 }
 
-fn set_queued(state: &SharedState, id: &StoreId, value: u64) {
+fn set_queued(node: &Node, id: &StoreId, value: u64) {
     let bytes = serde_json::to_vec(&value).expect("serialises");
-    if let Err(e) = state.stores.save_sync_state(&queued_key(id), &bytes) {
+    if let Err(e) = node.stores.save_sync_state(&queued_key(id), &bytes) {
         tracing::warn!(error = %e, "cannot persist the queued-writes figure");
     }
 }
 
 /// Counts client writes a relay kept without its upstream's confirmation (the data itself is in
 /// the local store; the push pass delivers it).
-pub fn note_queued(state: &SharedState, id: &StoreId, entries: u64) {
+pub fn note_queued(node: &Node, id: &StoreId, entries: u64) {
     let _guard = QUEUED_LOCK.lock().expect("queued lock");
-    set_queued(state, id, queued_for(state, id) + entries);
-    state.sync_queue.request(
+    set_queued(node, id, queued_for(node, id) + entries);
+    node.sync_queue.request(
         id.clone(),
         Want {
             pull: false,
@@ -660,20 +655,18 @@ pub fn note_queued(state: &SharedState, id: &StoreId, entries: u64) {
 }
 
 /// Client writes awaiting the upstream, over all stores.
-pub async fn queued_writes(state: &SharedState) -> u64 {
-    state
-        .stores
+pub async fn queued_writes(node: &Node) -> u64 {
+    node.stores
         .opened()
         .iter()
-        .map(|s| queued_for(state, s.id()))
+        .map(|s| queued_for(node, s.id()))
         .sum()
 }
 
-async fn update_queue_gauge(state: &SharedState) {
-    if let Some(first) = state.links.as_ref().and_then(|l| l.upstreams.first()) {
-        let queued = queued_writes(state).await;
-        state
-            .metrics
+async fn update_queue_gauge(node: &Node) {
+    if let Some(first) = node.links.as_ref().and_then(|l| l.upstreams.first()) {
+        let queued = queued_writes(node).await;
+        node.metrics
             .queued_writes
             .with_label_values(&[&first.name])
             .set(queued as i64);
@@ -683,13 +676,9 @@ async fn update_queue_gauge(state: &SharedState) {
 /// A relay's client write: forwarded to the first reachable upstream within the forward timeout.
 /// `Ok(None)` means no upstream answered in time: the caller keeps the entries locally and the
 /// sync loop forwards them later.
-pub async fn forward_writes(
-    state: &SharedState,
-    id: &StoreId,
-    entries: Vec<Entry>,
-) -> Option<PushOutcome> {
-    let links = state.links.as_ref()?;
-    let deadline = Duration::from_millis(state.config.sync.forward_timeout_ms);
+pub async fn forward_writes(node: &Node, id: &StoreId, entries: Vec<Entry>) -> Option<PushOutcome> {
+    let links = node.links.as_ref()?;
+    let deadline = Duration::from_millis(node.config.sync.forward_timeout_ms);
     for link in links.upstream_order() {
         let remote = link.store(id);
         match tokio::time::timeout(deadline, remote.push_entries(entries.clone())).await {

@@ -10,6 +10,9 @@
 //! Misses are filled from the upstream with concurrent misses for the same ids collapsed: the first
 //! request claims the ids it misses and fetches them in one upstream call; a request that misses an
 //! id already being fetched waits for that fetch instead of asking again.
+//!
+//! The cache counts its own hits, misses, evictions and upstream fetches ([`EdgeCache::status`]);
+//! `/status` and `/metrics` read those counters.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -23,13 +26,12 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use lru::LruCache;
 use tokio::sync::broadcast;
 
-use super::{
+use super::RemoteStore;
+use crate::bloom::BloomSummary;
+use crate::status::CacheStatus;
+use crate::store::{
     ContentAddressedStore, PushOutcome, PutSummary, RawEntry, StoreChange, StoreError, StoreStats,
 };
-use crate::bloom::BloomSummary;
-use crate::client::RemoteStore;
-use crate::metrics::Metrics;
-use crate::status::CacheStatus;
 use crate::wire::{
     CompactionStatus, Entry, EntryMetadata, ResolveOptions, ScanCursor, ScanFilters, ScanPage,
     StoreHead, StoreId,
@@ -123,15 +125,10 @@ pub struct EdgeCache {
     misses: AtomicU64,
     evictions: AtomicU64,
     upstream_fetches: AtomicU64,
-    metrics: Arc<Metrics>,
 }
 
 impl EdgeCache {
-    pub fn new(max_bytes: u64, metrics: Arc<Metrics>) -> Self {
-        metrics
-            .cache_bytes
-            .with_label_values(&["limit"])
-            .set(max_bytes as i64);
+    pub fn new(max_bytes: u64) -> Self {
         EdgeCache {
             max_bytes,
             slots: Mutex::new(Slots {
@@ -145,7 +142,6 @@ impl EdgeCache {
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             upstream_fetches: AtomicU64::new(0),
-            metrics,
         }
     }
 
@@ -161,7 +157,7 @@ impl EdgeCache {
     }
 
     /// Inserts, evicting least recently used entries beyond the byte limit; one lock and one
-    /// metrics update for the lot. An entry larger than the whole cache is not kept.
+    /// counter update for the lot. An entry larger than the whole cache is not kept.
     fn insert<'a>(&self, store: u32, entries: impl IntoIterator<Item = &'a RawEntry>) {
         let mut evicted = Vec::new();
         let mut slots = self.slots.lock().expect("cache");
@@ -186,22 +182,11 @@ impl EdgeCache {
                 evicted.push(old);
             }
         }
-        let bytes = slots.bytes;
         drop(slots);
         // Evicted buffers are freed here, outside the lock.
         let evictions = evicted.len() as u64;
         drop(evicted);
-        if evictions > 0 {
-            self.evictions.fetch_add(evictions, Ordering::Relaxed);
-            self.metrics
-                .cache_events
-                .with_label_values(&["eviction"])
-                .inc_by(evictions);
-        }
-        self.metrics
-            .cache_bytes
-            .with_label_values(&["used"])
-            .set(bytes as i64);
+        self.evictions.fetch_add(evictions, Ordering::Relaxed);
     }
 
     pub fn status(&self) -> CacheStatus {
@@ -220,14 +205,6 @@ impl EdgeCache {
     fn count(&self, hits: u64, misses: u64) {
         self.hits.fetch_add(hits, Ordering::Relaxed);
         self.misses.fetch_add(misses, Ordering::Relaxed);
-        self.metrics
-            .cache_events
-            .with_label_values(&["hit"])
-            .inc_by(hits);
-        self.metrics
-            .cache_events
-            .with_label_values(&["miss"])
-            .inc_by(misses);
     }
 }
 
@@ -283,11 +260,6 @@ impl CachedStore {
             let cache = self.cache.clone();
             let fetch = async move {
                 cache.upstream_fetches.fetch_add(1, Ordering::Relaxed);
-                cache
-                    .metrics
-                    .cache_events
-                    .with_label_values(&["upstream_fetch"])
-                    .inc();
                 // The remote store hands on only payloads that match their contentHash.
                 let result = remote.get_entries_raw(&unclaimed).await.map(|delivered| {
                     let wanted = only_asked(&unclaimed, delivered);
@@ -553,7 +525,7 @@ mod tests {
     #[test]
     fn evicts_least_recently_used_beyond_the_byte_limit() {
         let one = cost(&raw("a", 10_000));
-        let cache = EdgeCache::new(one * 3, Arc::new(Metrics::new()));
+        let cache = EdgeCache::new(one * 3);
         let store =
             cache.store_number(&StoreId::new("t", "db", crate::wire::StoreKind::Docs).unwrap());
         cache.insert(store, &["a", "b", "c"].map(|id| raw(id, 10_000)));
@@ -582,7 +554,7 @@ mod tests {
 
     #[test]
     fn stores_are_numbered_once_and_apart() {
-        let cache = EdgeCache::new(1 << 20, Arc::new(Metrics::new()));
+        let cache = EdgeCache::new(1 << 20);
         let a = StoreId::new("t", "a", crate::wire::StoreKind::Docs).unwrap();
         let b = StoreId::new("t", "b", crate::wire::StoreKind::Docs).unwrap();
         let (na, nb) = (cache.store_number(&a), cache.store_number(&b));
