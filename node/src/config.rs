@@ -157,6 +157,8 @@ pub struct StorageConfig {
     /// Free space the data directory's file system keeps: writes are refused (507) below it,
     /// before the engine meets a full disk.
     pub min_free_bytes: u64,
+    /// The on-disk store's index maintenance.
+    pub compaction: CompactionConfig,
 }
 
 impl Default for StorageConfig {
@@ -165,6 +167,35 @@ impl Default for StorageConfig {
             kind: StorageKind::Sled,
             cache_capacity_bytes: 128 * 1024 * 1024,
             min_free_bytes: 64 * 1024 * 1024,
+            compaction: CompactionConfig::default(),
+        }
+    }
+}
+
+/// When the on-disk store merges the index keys that small pushes and witness receipts leave
+/// behind (`getCompactionStatus` and `syncrelay_store_compactions_total` report what it did).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct CompactionConfig {
+    /// Merge once this many index keys would disappear (the reference's `compactionMinFiles`);
+    /// 0 disables this trigger.
+    pub min_keys: i64,
+    /// Merge once the index keys to merge hold this many bytes (the reference's
+    /// `compactionMaxBytes`); 0 disables this trigger.
+    pub max_bytes: i64,
+    /// Entries a merged index key holds at most.
+    pub target_entries: u64,
+    /// How often each store is looked at.
+    pub interval_ms: u64,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            min_keys: 32,
+            max_bytes: 0,
+            target_entries: 4096,
+            interval_ms: 2000,
         }
     }
 }

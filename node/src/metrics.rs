@@ -23,6 +23,9 @@ pub struct Metrics {
     compaction_enabled: IntGaugeVec,
     compactions: IntGaugeVec,
     compacted_bytes: IntGaugeVec,
+    compacted_keys: IntGaugeVec,
+    compaction_ms: IntGaugeVec,
+    last_compaction: IntGaugeVec,
     disk_bytes: IntGaugeVec,
     /// Entries of the source past the sync cursor, per link, store and direction.
     pub sync_lag: IntGaugeVec,
@@ -145,7 +148,22 @@ impl Metrics {
             ),
             compacted_bytes: gauge(
                 "syncrelay_store_compacted_bytes_total",
-                "Bytes removed by compaction",
+                "Bytes of index values compaction rewrote or removed, since start",
+                store,
+            ),
+            compacted_keys: gauge(
+                "syncrelay_store_compacted_keys_total",
+                "Index keys compaction merged away, since start (getCompactionStatus totalCompactedFiles)",
+                store,
+            ),
+            compaction_ms: gauge(
+                "syncrelay_store_compaction_milliseconds_total",
+                "Time spent compacting, since start",
+                store,
+            ),
+            last_compaction: gauge(
+                "syncrelay_store_last_compaction_timestamp_seconds",
+                "When the last compaction of the store finished (0: none since start)",
                 store,
             ),
             disk_bytes: gauge(
@@ -277,6 +295,15 @@ impl Metrics {
                 self.compacted_bytes
                     .with_label_values(&labels)
                     .set(c.total_compacted_bytes as i64);
+                self.compacted_keys
+                    .with_label_values(&labels)
+                    .set(c.total_compacted_files as i64);
+                self.compaction_ms
+                    .with_label_values(&labels)
+                    .set(c.total_compaction_duration_ms as i64);
+                self.last_compaction
+                    .with_label_values(&labels)
+                    .set(c.last_compaction_at.unwrap_or(0) / 1000);
             }
         }
         if let Some(bytes) = stores.size_on_disk() {

@@ -18,6 +18,7 @@ use crate::roles::replication::{SyncQueue, UpstreamFeeds};
 use crate::roles::{self, Node, SharedNode};
 use crate::server::connections::{ConnectionLimits, LimitedAcceptor};
 use crate::server::{self, AppState, Limiters, SharedState};
+use crate::store::sled_compaction::CompactionThresholds;
 use crate::store::{StorageBackend, StoreRegistry};
 use crate::sync::links::Links;
 
@@ -107,8 +108,14 @@ pub fn build_state(config: NodeConfig) -> anyhow::Result<SharedState> {
             let dir = config.data_dir.join("store");
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let backend = StorageBackend::sled(&dir, config.storage.cache_capacity_bytes)?;
+            let c = &config.storage.compaction;
             StoreRegistry::new(backend, Some(config.data_dir.clone()))
                 .with_space_guard(dir, config.storage.min_free_bytes)
+                .with_compaction(CompactionThresholds {
+                    min_keys: c.min_keys,
+                    max_bytes: c.max_bytes,
+                    target_entries: c.target_entries.max(2),
+                })
         }
     }
     .with_database_limit(config.limits.max_databases_per_tenant);
@@ -207,6 +214,7 @@ pub async fn serve(
         },
     ));
     let storage_watch = tokio::spawn(watch_storage(state.node.clone()));
+    let maintenance = tokio::spawn(maintain_stores(state.node.clone()));
     let limits = &state.node.config.limits;
     let acceptor = LimitedAcceptor {
         limits: ConnectionLimits::new(
@@ -269,6 +277,7 @@ pub async fn serve(
     // The sync loop stops between passes; an interrupted pass resumes from its saved cursor.
     let _ = tokio::time::timeout(server::SHUTDOWN_GRACE, sync_task).await;
     storage_watch.abort();
+    maintenance.abort();
     state
         .node
         .stores
@@ -297,6 +306,20 @@ async fn watch_storage(node: SharedNode) {
                 tracing::debug!(error = %e, "storage still refuses writes");
                 node.storage_health.probe_failed(!e.is_disk_full());
             }
+        }
+    }
+}
+
+/// Runs the stores' upkeep (index compaction) every `storage.compaction.intervalMs`, while the
+/// storage takes writes.
+async fn maintain_stores(node: SharedNode) {
+    let every = Duration::from_millis(node.config.storage.compaction.interval_ms.max(100));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if node.storage_health.writable() {
+            node.stores.maintain_all().await;
         }
     }
 }

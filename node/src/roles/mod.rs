@@ -15,7 +15,6 @@ use crate::crypto::keys::Identity;
 use crate::directory::DirectoryHandle;
 use crate::metrics::Metrics;
 use crate::store::health::StorageHealth;
-use crate::store::memory::MemoryStore;
 use crate::store::registry::SharedStore;
 use crate::store::{StoreError, StoreRegistry};
 use crate::sync::links::Links;
@@ -119,7 +118,7 @@ impl Node {
                 return link.store(id);
             }
         }
-        local.unwrap_or_else(|| Arc::new(MemoryStore::empty_view(id.clone())))
+        local.unwrap_or_else(|| self.stores.empty_view(id))
     }
 
     /// Asks the sync loop to carry `id` (nodes with links), as long as the tenant has room for

@@ -585,3 +585,140 @@ async fn a_lying_content_hash_is_refused_by_the_store() {
     assert!(store.put_entries(vec![bad]).await.is_err());
     assert_eq!(store.get_store_head().await.unwrap().max_receipt_order, 0);
 }
+
+/// Everything a reader can observe of a store: every scan page (a small page size crosses index
+/// keys), each document's entries, the head, the ids and every record.
+async fn observable(store: &dyn ContentAddressedStore, docs: &[&str]) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut cursor: Option<ScanCursor> = None;
+    loop {
+        let page = store
+            .scan_entries_since(cursor.as_ref(), 7, &ScanFilters::default())
+            .await
+            .unwrap();
+        for e in &page.entries {
+            seen.push(format!("scan {:?} {}", e.receipt_order, e.id));
+        }
+        if !page.has_more {
+            break;
+        }
+        cursor = page.next_cursor.clone();
+    }
+    for doc in docs {
+        let found = store.find_new_entries_for_doc(&[], doc).await.unwrap();
+        let found: Vec<_> = found.iter().map(|m| (&m.id, m.receipt_order)).collect();
+        seen.push(format!("doc {doc} {found:?}"));
+    }
+    seen.push(format!("head {:?}", store.get_store_head().await.unwrap()));
+    let ids = store.get_all_ids().await.unwrap();
+    seen.push(format!("ids {ids:?}"));
+    for e in store.get_entries(&ids).await.unwrap() {
+        seen.push(format!("entry {:?}", e.metadata));
+    }
+    seen
+}
+
+#[tokio::test]
+async fn sled_index_compaction_reads_identically_and_reports_what_it_did() {
+    use super::sled_compaction::CompactionThresholds;
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, _) = broadcast::channel(1024);
+    let thresholds = CompactionThresholds {
+        min_keys: 4,
+        max_bytes: 0,
+        target_entries: 32,
+    };
+    let docs = ["a", "b", "c"];
+    let open = |db| {
+        SledStore::open(db, sid(), tx.clone())
+            .unwrap()
+            .with_compaction(thresholds)
+    };
+    let store = open(sled::open(dir.path()).unwrap());
+    // 40 small pushes (one index key each, and one document key each), then receipts churning every
+    // other entry of the first 20 (two more keys, and tombstones in ten of the first ones).
+    for n in 0..40u8 {
+        let id = format!("e{n:02}");
+        let doc = docs[n as usize % 3];
+        store
+            .put_entries(vec![entry(&id, doc, &[], "doc_create", &[n])])
+            .await
+            .unwrap();
+    }
+    for half in [0u8..10, 10..20] {
+        let receipts: Vec<_> = half
+            .filter(|n| n % 2 == 0)
+            .map(|n| {
+                receipt_for(
+                    &format!("e{n:02}"),
+                    docs[n as usize % 3],
+                    &[n],
+                    100 + n as i64,
+                )
+            })
+            .collect();
+        assert_eq!(store.apply_receipts(&receipts).await.unwrap().len(), 5);
+    }
+    let (scan_keys, doc_keys) = store.index_key_counts();
+    assert_eq!(scan_keys, 42);
+    let before = observable(&store, &docs).await;
+    assert_eq!(
+        store.compaction_status().await.unwrap().total_compactions,
+        0
+    );
+
+    let run = store
+        .compact_index()
+        .await
+        .unwrap()
+        .expect("42 small keys are due");
+    let (scan_after, doc_after) = store.index_key_counts();
+    // 50 receiptOrders in runs of at most 32 positions: two keys (the first starts after the
+    // leading tombstone of e00).
+    assert_eq!(scan_after, 2);
+    assert!(
+        doc_after < doc_keys,
+        "{doc_after} document keys of {doc_keys}"
+    );
+    assert_eq!(
+        run.removed_keys as usize,
+        scan_keys + doc_keys - scan_after - doc_after
+    );
+    assert_eq!(observable(&store, &docs).await, before);
+    let status = store.compaction_status().await.unwrap();
+    assert!(status.enabled);
+    assert_eq!(status.total_compactions, 1);
+    assert_eq!(status.total_compacted_files, run.removed_keys);
+    assert_eq!(status.total_compacted_bytes, run.rewritten_bytes);
+    assert!(status.total_compacted_bytes > 0);
+    assert_eq!(status.last_compacted_files, run.removed_keys);
+    assert!(status.last_compaction_at.is_some());
+    // Nothing written since: the next look does nothing and reports nothing new.
+    assert_eq!(store.compact_index().await.unwrap(), None);
+    assert_eq!(
+        store.compaction_status().await.unwrap().total_compactions,
+        1
+    );
+
+    // Receipts find their entries in the merged keys; the merged store stays one index.
+    let late: Vec<_> = [21u8, 33]
+        .iter()
+        .map(|&n| receipt_for(&format!("e{n:02}"), docs[n as usize % 3], &[n], 500))
+        .collect();
+    assert_eq!(
+        store.apply_receipts(&late).await.unwrap(),
+        vec!["e21", "e33"]
+    );
+    let after_receipts = observable(&store, &docs).await;
+    let scanned: Vec<&String> = after_receipts
+        .iter()
+        .filter(|l| l.starts_with("scan "))
+        .collect();
+    assert_eq!(scanned.len(), 40, "every entry once");
+    assert!(scanned[38].ends_with(" e21") && scanned[39].ends_with(" e33"));
+
+    // What is on disk reads the same after a restart.
+    drop(store);
+    let store = open(reopen(dir.path()).await);
+    assert_eq!(observable(&store, &docs).await, after_receipts);
+}

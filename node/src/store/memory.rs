@@ -34,6 +34,9 @@ pub struct MemoryStore {
     epoch: String,
     inner: RwLock<Inner>,
     changes: broadcast::Sender<StoreChange>,
+    /// What `getCompactionStatus` answers: nothing to compact in memory, unless this is the empty
+    /// view of an on-disk node's database (which answers as a fresh store of that node would).
+    compaction: CompactionStatus,
 }
 
 impl MemoryStore {
@@ -43,17 +46,19 @@ impl MemoryStore {
             epoch: new_epoch(),
             inner: RwLock::new(Inner::default()),
             changes,
+            compaction: CompactionStatus::default(),
         }
     }
 
     /// An empty store with a fixed epoch, standing for a database this node does not hold: reads
     /// of it are answered without creating anything, and the same epoch every time.
-    pub fn empty_view(id: StoreId) -> Self {
+    pub fn empty_view(id: StoreId, compaction: CompactionStatus) -> Self {
         MemoryStore {
             id,
             epoch: EMPTY_VIEW_EPOCH.into(),
             inner: RwLock::new(Inner::default()),
             changes: broadcast::channel(1).0,
+            compaction,
         }
     }
 
@@ -198,8 +203,7 @@ impl ContentAddressedStore for MemoryStore {
     }
 
     async fn compaction_status(&self) -> Result<CompactionStatus, StoreError> {
-        // Nothing to compact in memory: say so rather than invent figures.
-        Ok(CompactionStatus::default())
+        Ok(self.compaction.clone())
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {

@@ -15,6 +15,7 @@
 pub mod health;
 pub mod memory;
 pub mod registry;
+pub mod sled_compaction;
 pub mod sled_store;
 
 use std::collections::{HashSet, VecDeque};
@@ -262,6 +263,12 @@ pub trait ContentAddressedStore: Send + Sync {
     async fn get_store_head(&self) -> Result<StoreHead, StoreError>;
 
     async fn compaction_status(&self) -> Result<CompactionStatus, StoreError>;
+
+    /// Background upkeep, called periodically (the sled store merges its index keys when due;
+    /// see `getCompactionStatus`). Reads and writes go on meanwhile.
+    async fn maintain(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     async fn stats(&self) -> Result<StoreStats, StoreError>;
 

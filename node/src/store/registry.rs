@@ -9,6 +9,7 @@ use tokio::sync::broadcast;
 
 use super::health::SpaceGuard;
 use super::memory::MemoryStore;
+use super::sled_compaction::CompactionThresholds;
 use super::sled_store::SledStore;
 use super::{ContentAddressedStore, StoreChange, StoreError};
 use crate::wire::StoreId;
@@ -50,6 +51,8 @@ pub struct StoreRegistry {
     max_databases_per_tenant: usize,
     /// Checked before every write of the sled backend (stores and sync state).
     space: Option<Arc<SpaceGuard>>,
+    /// When the sled stores' index maintenance merges keys.
+    compaction: CompactionThresholds,
 }
 
 impl StoreRegistry {
@@ -62,6 +65,7 @@ impl StoreRegistry {
             sync_state: Mutex::new(HashMap::new()),
             max_databases_per_tenant: usize::MAX,
             space: None,
+            compaction: CompactionThresholds::default(),
         }
     }
 
@@ -69,6 +73,34 @@ impl StoreRegistry {
     pub fn with_space_guard(mut self, dir: PathBuf, min_free: u64) -> Self {
         self.space = Some(Arc::new(SpaceGuard::new(dir, min_free)));
         self
+    }
+
+    /// Sets when the sled stores' index maintenance merges keys.
+    pub fn with_compaction(mut self, thresholds: CompactionThresholds) -> Self {
+        self.compaction = thresholds;
+        self
+    }
+
+    /// An empty store standing for a database this node does not hold (reads create nothing): it
+    /// answers as a fresh store of this backend would, with a fixed epoch.
+    pub fn empty_view(&self, id: &StoreId) -> SharedStore {
+        let compaction = match self.backend {
+            StorageBackend::Memory => Default::default(),
+            StorageBackend::Sled(_) => {
+                super::sled_compaction::CompactionFigures::default().status(&self.compaction)
+            }
+        };
+        Arc::new(MemoryStore::empty_view(id.clone(), compaction))
+    }
+
+    /// Runs every open store's upkeep ([`ContentAddressedStore::maintain`]) once; a store that
+    /// fails is reported and the others still get theirs.
+    pub async fn maintain_all(&self) {
+        for store in self.opened() {
+            if let Err(e) = store.maintain().await {
+                tracing::warn!(store = %store.id(), error = %e, "store maintenance failed");
+            }
+        }
     }
 
     /// Bounds the databases per tenant that [`Self::open`] creates (stores found on disk at start
@@ -136,7 +168,8 @@ impl StoreRegistry {
             StorageBackend::Memory => Arc::new(MemoryStore::new(id.clone(), self.changes.clone())),
             StorageBackend::Sled(db) => Arc::new(
                 SledStore::open(db.clone(), id.clone(), self.changes.clone())?
-                    .with_space_guard(self.space.clone()),
+                    .with_space_guard(self.space.clone())
+                    .with_compaction(self.compaction),
             ),
         };
         stores.insert(id.clone(), store.clone());

@@ -41,6 +41,9 @@ use bytes::Bytes;
 use rayon::prelude::*;
 use tokio::sync::broadcast;
 
+use super::sled_compaction::{
+    due, merge_lists, plan_merges, CompactionFigures, CompactionRun, CompactionThresholds, IndexKey,
+};
 use super::{
     check_payload, new_epoch, ContentAddressedStore, PutSummary, RawEntry, StoreChange, StoreError,
     StoreStats,
@@ -62,6 +65,20 @@ const FORMAT_VERSION: &[u8] = b"3";
 const READABLE_FORMAT: &[u8] = b"2";
 /// Present in a store first written with layout 2.
 const LAYOUT_2: &[u8] = b"s:layout2";
+
+/// One index merge, ready to apply.
+struct Merge {
+    batch: sled::Batch,
+    removed_keys: u64,
+    rewritten_bytes: u64,
+}
+
+/// The one field of a record the index maintenance reads.
+#[derive(serde::Deserialize)]
+struct DocOf {
+    #[serde(rename = "docId")]
+    doc_id: String,
+}
 
 fn meta_key(id: impl AsRef<[u8]>) -> Vec<u8> {
     [b"m", id.as_ref()].concat()
@@ -416,6 +433,12 @@ pub struct SledStore {
     bloom_cache: Mutex<Option<(u64, BloomSummary)>>,
     /// Refuses writes before they reach sled when the disk is (nearly) full.
     space: Option<Arc<super::health::SpaceGuard>>,
+    /// When the index maintenance merges keys ([`super::sled_compaction`]).
+    thresholds: CompactionThresholds,
+    /// What it has done since the process started.
+    figures: Mutex<CompactionFigures>,
+    /// Index writes since maintenance last looked (it skips a store nothing was written to).
+    unmaintained: AtomicU64,
 }
 
 impl SledStore {
@@ -493,7 +516,17 @@ impl SledStore {
             changes,
             bloom_cache: Mutex::new(None),
             space: None,
+            thresholds: CompactionThresholds::default(),
+            figures: Mutex::new(CompactionFigures::default()),
+            // The first pass after opening looks at what earlier runs left.
+            unmaintained: AtomicU64::new(1),
         })
+    }
+
+    /// Sets when the index maintenance merges keys.
+    pub fn with_compaction(mut self, thresholds: CompactionThresholds) -> Self {
+        self.thresholds = thresholds;
+        self
     }
 
     /// Checks the free-space reserve before every write (see [`super::health::SpaceGuard`]).
@@ -675,7 +708,165 @@ impl SledStore {
             return Err(self.err()(e));
         }
         self.visible.store(last, Ordering::Release);
+        self.unmaintained.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// How many scan-index and document-index keys the store holds.
+    #[cfg(test)]
+    pub(crate) fn index_key_counts(&self) -> (usize, usize) {
+        let count = |prefix: &[u8]| self.tree.scan_prefix(prefix).count();
+        (count(b"o"), count(b"d"))
+    }
+
+    /// The visible scan-index keys, in order.
+    fn index_keys(&self) -> Result<Vec<IndexKey>, StoreError> {
+        let end = batch_key(self.visible().saturating_add(1));
+        let mut keys = Vec::new();
+        for item in self.tree.range(batch_key(0)..end) {
+            let (key, value) = item.map_err(self.err())?;
+            let first = u64::from_be_bytes(
+                key[1..]
+                    .try_into()
+                    .map_err(|_| self.corrupt("malformed batch key"))?,
+            );
+            let positions = IdList::decode(&value)
+                .ok_or_else(|| self.corrupt(format!("malformed batch index at {first}")))?
+                .len() as u64;
+            keys.push(IndexKey {
+                first,
+                positions,
+                bytes: value.len() as u64,
+            });
+        }
+        Ok(keys)
+    }
+
+    /// Merges runs of small scan-index keys, and with them their documents' keys, when the
+    /// thresholds say it is due ([`super::sled_compaction`]). Each run is one atomic sled batch,
+    /// written under the write lock and applied under the re-anchoring gate: a crash leaves the old
+    /// keys or the merged ones, and no reader walks a half-merged index. `None`: nothing was due.
+    pub async fn compact_index(&self) -> Result<Option<CompactionRun>, StoreError> {
+        if !self.thresholds.enabled() || self.unmaintained.swap(0, Ordering::Relaxed) == 0 {
+            return Ok(None);
+        }
+        let started = std::time::Instant::now();
+        let keys = self.index_keys()?;
+        let runs = plan_merges(&keys, self.thresholds.target_entries);
+        if !due(&keys, &runs, &self.thresholds) {
+            return Ok(None);
+        }
+        let mut done = CompactionRun::default();
+        for run in runs {
+            let firsts: Vec<u64> = keys[run].iter().map(|k| k.first).collect();
+            self.check_space()?;
+            let _writer = self.write_lock.lock().await;
+            // Planned without the lock: a run that changed since is left for the next pass.
+            let Some(merge) = self.merge_run(&firsts)? else {
+                self.unmaintained.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            {
+                let _gate = self.reanchor_gate.write().await;
+                self.tree.apply_batch(merge.batch).map_err(self.err())?;
+            }
+            // The merged index reads as the old one did, so an unflushed merge needs no undo.
+            self.db.flush_async().await.map_err(self.err())?;
+            done.removed_keys += merge.removed_keys;
+            done.rewritten_bytes += merge.rewritten_bytes;
+        }
+        done.duration = started.elapsed();
+        done.finished_at_ms = crate::clock::now_ms();
+        self.figures.lock().expect("figures").record(done);
+        Ok(Some(done))
+    }
+
+    /// The batch merging the scan-index keys at `firsts` (consecutive, in order) and their
+    /// documents' keys, or `None` when they no longer follow each other. The caller holds the
+    /// write lock.
+    fn merge_run(&self, firsts: &[u64]) -> Result<Option<Merge>, StoreError> {
+        let reader = self.reader();
+        let mut values = Vec::with_capacity(firsts.len());
+        for &first in firsts {
+            match self.tree.get(batch_key(first)).map_err(self.err())? {
+                Some(v) => values.push((first, v)),
+                None => return Ok(None),
+            }
+        }
+        let mut lists: Vec<(u64, Vec<&str>)> = Vec::with_capacity(values.len());
+        for (first, value) in &values {
+            let ids = IdList::decode(value)
+                .ok_or_else(|| self.corrupt(format!("malformed batch index at {first}")))?;
+            if let Some((prev_first, prev)) = lists.last() {
+                if prev_first + prev.len() as u64 != *first {
+                    return Ok(None);
+                }
+            }
+            lists.push((*first, ids));
+        }
+        let mut rewritten_bytes: u64 = values.iter().map(|(_, v)| v.len() as u64).sum();
+        // Each live id's document: its old key (`d doc first`) goes, its new one gathers them.
+        let mut old_docs: std::collections::BTreeMap<Vec<u8>, HashSet<&str>> = Default::default();
+        let mut doc_of: std::collections::HashMap<&str, String> = Default::default();
+        for (first, ids) in &lists {
+            for (i, id) in ids.iter().enumerate().filter(|(_, id)| !id.is_empty()) {
+                let Some(record) = reader.record(id)? else {
+                    return Err(self.corrupt(format!("order index names {id} without metadata")));
+                };
+                if record.ro != first + i as u64 {
+                    return Err(self.corrupt(format!(
+                        "batch {first} holds {id} at receiptOrder {} but its record says {}",
+                        first + i as u64,
+                        record.ro
+                    )));
+                }
+                let doc = serde_json::from_slice::<DocOf>(record.json())
+                    .map_err(|e| self.corrupt(format!("metadata of {id}: {e}")))?
+                    .doc_id;
+                old_docs
+                    .entry(doc_batch_key(&doc, *first))
+                    .or_default()
+                    .insert(id);
+                doc_of.insert(id, doc);
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for first in firsts {
+            batch.remove(batch_key(*first));
+        }
+        for (key, expected) in &old_docs {
+            let stored = self.tree.get(key).map_err(self.err())?.unwrap_or_default();
+            rewritten_bytes += stored.len() as u64;
+            let ids =
+                IdList::decode(&stored).ok_or_else(|| self.corrupt("malformed document index"))?;
+            if ids.len() != expected.len() || !ids.iter().all(|id| expected.contains(id)) {
+                return Err(
+                    self.corrupt("a document index disagrees with the scan index; left as it is")
+                );
+            }
+            batch.remove(key.clone());
+        }
+        let mut new_keys = 0;
+        if let Some((first, ids)) = merge_lists(&lists) {
+            let mut merged = IdList::default();
+            let mut docs: std::collections::BTreeMap<&str, IdList> = Default::default();
+            for id in ids {
+                merged.push(id);
+                if let Some(doc) = doc_of.get(id) {
+                    docs.entry(doc.as_str()).or_default().push(id);
+                }
+            }
+            batch.insert(batch_key(first), merged.0);
+            new_keys += 1 + docs.len();
+            for (doc, list) in docs {
+                batch.insert(doc_batch_key(doc, first), list.0);
+            }
+        }
+        Ok(Some(Merge {
+            batch,
+            removed_keys: (firsts.len() + old_docs.len() - new_keys) as u64,
+            rewritten_bytes,
+        }))
     }
 
     fn payload_bytes_total(&self) -> Result<u64, StoreError> {
@@ -936,10 +1127,18 @@ impl ContentAddressedStore for SledStore {
         })
     }
 
+    /// What the index maintenance did since the process started (sled reclaims its own log
+    /// segments internally and reports nothing about it).
     async fn compaction_status(&self) -> Result<CompactionStatus, StoreError> {
-        // sled reclaims its log segments internally and exposes no figures for it; this store keeps
-        // no write-ahead index of its own that would need compacting. Report that honestly.
-        Ok(CompactionStatus::default())
+        Ok(self
+            .figures
+            .lock()
+            .expect("figures")
+            .status(&self.thresholds))
+    }
+
+    async fn maintain(&self) -> Result<(), StoreError> {
+        self.compact_index().await.map(|_| ())
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
