@@ -19,6 +19,7 @@ pub struct Metrics {
     pub entries_ingested: IntCounterVec,
     store_entries: IntGaugeVec,
     store_bytes: IntGaugeVec,
+    store_keys_waiting: IntGaugeVec,
     store_max_receipt_order: IntGaugeVec,
     compaction_enabled: IntGaugeVec,
     compactions: IntGaugeVec,
@@ -129,6 +130,11 @@ impl Metrics {
             store_bytes: gauge(
                 "syncrelay_store_payload_bytes",
                 "Distinct payload bytes stored",
+                store,
+            ),
+            store_keys_waiting: gauge(
+                "syncrelay_store_index_keys_waiting",
+                "Index keys the store's maintenance found to merge and has not merged yet",
                 store,
             ),
             store_max_receipt_order: gauge(
@@ -279,6 +285,9 @@ impl Metrics {
                 self.store_bytes
                     .with_label_values(&labels)
                     .set(stats.payload_bytes as i64);
+                self.store_keys_waiting
+                    .with_label_values(&labels)
+                    .set(stats.index_keys_waiting as i64);
             }
             if let Ok(head) = store.get_store_head().await {
                 self.store_max_receipt_order

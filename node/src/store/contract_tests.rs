@@ -693,6 +693,7 @@ async fn sled_index_compaction_reads_identically_and_reports_what_it_did() {
     assert!(status.total_compacted_bytes > 0);
     assert_eq!(status.last_compacted_files, run.removed_keys);
     assert!(status.last_compaction_at.is_some());
+    assert_eq!(store.stats().await.unwrap().index_keys_waiting, 0);
     // Nothing written since: the next look does nothing and reports nothing new.
     assert_eq!(store.compact_index().await.unwrap(), None);
     assert_eq!(
@@ -721,4 +722,12 @@ async fn sled_index_compaction_reads_identically_and_reports_what_it_did() {
     drop(store);
     let store = open(reopen(dir.path()).await);
     assert_eq!(observable(&store, &docs).await, after_receipts);
+    // The figures are the process's own (spec §7.4). The first look finds the late receipts' key
+    // mergeable with the one before it: one key waiting, below the threshold of four.
+    assert_eq!(
+        store.compaction_status().await.unwrap().total_compactions,
+        0
+    );
+    assert_eq!(store.compact_index().await.unwrap(), None);
+    assert_eq!(store.stats().await.unwrap().index_keys_waiting, 1);
 }

@@ -211,6 +211,7 @@ impl ContentAddressedStore for MemoryStore {
         Ok(StoreStats {
             entries: inner.by_id.len() as u64,
             payload_bytes: inner.payload_bytes,
+            index_keys_waiting: 0,
         })
     }
 

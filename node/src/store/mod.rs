@@ -174,6 +174,9 @@ impl RawEntry {
 pub struct StoreStats {
     pub entries: u64,
     pub payload_bytes: u64,
+    /// Index keys the store's maintenance would merge away, as it last found them (0 for stores
+    /// that keep no index of their own): work that piles up when maintenance stops running.
+    pub index_keys_waiting: u64,
 }
 
 #[async_trait]

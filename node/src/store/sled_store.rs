@@ -439,6 +439,8 @@ pub struct SledStore {
     figures: Mutex<CompactionFigures>,
     /// Index writes since maintenance last looked (it skips a store nothing was written to).
     unmaintained: AtomicU64,
+    /// Keys the last look found to merge and no merge has removed yet.
+    waiting_keys: AtomicU64,
 }
 
 impl SledStore {
@@ -520,6 +522,7 @@ impl SledStore {
             figures: Mutex::new(CompactionFigures::default()),
             // The first pass after opening looks at what earlier runs left.
             unmaintained: AtomicU64::new(1),
+            waiting_keys: AtomicU64::new(0),
         })
     }
 
@@ -753,6 +756,8 @@ impl SledStore {
         let started = std::time::Instant::now();
         let keys = self.index_keys()?;
         let runs = plan_merges(&keys, self.thresholds.target_entries);
+        let waiting: usize = runs.iter().map(|r| r.len() - 1).sum();
+        self.waiting_keys.store(waiting as u64, Ordering::Relaxed);
         if !due(&keys, &runs, &self.thresholds) {
             return Ok(None);
         }
@@ -774,6 +779,12 @@ impl SledStore {
             self.db.flush_async().await.map_err(self.err())?;
             done.removed_keys += merge.removed_keys;
             done.rewritten_bytes += merge.rewritten_bytes;
+            let merged_away = firsts.len() as u64 - 1;
+            let _ = self
+                .waiting_keys
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                    Some(w.saturating_sub(merged_away))
+                });
         }
         done.duration = started.elapsed();
         done.finished_at_ms = crate::clock::now_ms();
@@ -1145,6 +1156,7 @@ impl ContentAddressedStore for SledStore {
         Ok(StoreStats {
             entries: read_u64(self.tree.get(COUNT).map_err(self.err())?),
             payload_bytes: self.payload_bytes_total()?,
+            index_keys_waiting: self.waiting_keys.load(Ordering::Relaxed),
         })
     }
 
