@@ -450,7 +450,12 @@ cmd_down() {
   [[ -d "$1" ]] || { log "no state in $1: nothing to stop"; return 0; }
   STATE="$(cd "$1" && pwd)"
   local name
-  for name in agent dnsmasq kubelet kube-proxy kube-scheduler kube-controller-manager kube-apiserver etcd; do
+  # SIGTERM to all components at once (the kubelet first, so it starts no more containers), then
+  # each gets what is left of 10 s before SIGKILL.
+  for name in kubelet agent dnsmasq kube-proxy kube-scheduler kube-controller-manager kube-apiserver etcd; do
+    [[ -f "$STATE/pids/$name.pid" ]] && kill "$(cat "$STATE/pids/$name.pid")" 2>/dev/null || true
+  done
+  for name in kubelet agent dnsmasq kube-proxy kube-scheduler kube-controller-manager kube-apiserver etcd; do
     stop_pidfile "$STATE/pids/$name.pid" "$name"
   done
   # The pods' containers (dockershim names them k8s_*); their network namespaces go with them.
