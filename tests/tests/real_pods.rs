@@ -2,7 +2,9 @@
 //! Docker, CNI bridge, dnsmasq as cluster DNS, `local` volumes), the image built from the
 //! repository's Dockerfile, the chart installed with `helm install` so the operator runs as a pod
 //! under the chart's ServiceAccount and RBAC, and `examples/single-cluster/chain.yaml` applied as a
-//! user would, until `kubectl wait --for=condition=Ready syncchain/acme` succeeds.
+//! user would, until `kubectl wait --for=condition=Ready syncchain/acme` succeeds. Then a client on
+//! the host pushes signed, encrypted entries as alice through the edge's Service (its NodePort) and
+//! bob reads them back through the origin's Service (its ClusterIP, through kube-proxy).
 //!
 //! Needs root and Docker (the script installs Docker from Debian and starts dockerd). Nothing is
 //! skipped silently: on a host that cannot run the cluster the test fails, unless
@@ -12,10 +14,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use syncrelay_node::client::{HttpTransport, RemoteSession, RemoteStore, SessionOptions};
 use syncrelay_node::crypto::keys::Identity;
 use syncrelay_node::directory::{DirectoryFile, TenantFile, UserEntry};
+use syncrelay_node::store::ContentAddressedStore;
+use syncrelay_node::wire::{StoreId, StoreKind};
 
 /// The image the test builds and the chart runs (`--set image.repository=`), as README step 1
 /// builds `REGISTRY/syncrelay:0.1.0`.
@@ -180,17 +186,45 @@ fn prebuilt_dir() -> String {
         .to_string()
 }
 
-fn users_directory() -> String {
+/// A user of the reference vectors: username and keys.
+fn vector_identity(name: &str) -> (String, Identity) {
     let keys = syncrelay_node::testdata::load("keys.json");
-    let user = |name: &str| {
-        let id = &keys["identities"][name];
-        let identity = Identity::from_pkcs8_pem(
+    let id = &keys["identities"][name];
+    (
+        id["username"].as_str().unwrap().to_string(),
+        Identity::from_pkcs8_pem(
             id["signingPrivateKeyPkcs8"].as_str().unwrap(),
             id["encryptionPrivateKeyPkcs8"].as_str().unwrap(),
         )
-        .unwrap();
+        .unwrap(),
+    )
+}
+
+fn user_store(url: &str, who: &str) -> RemoteStore {
+    let (username, identity) = vector_identity(who);
+    let session = RemoteSession::new(
+        url,
+        Arc::new(HttpTransport::new(url, None, Duration::from_secs(30)).unwrap()),
+        "acme",
+        SessionOptions {
+            username,
+            identity: Arc::new(identity),
+            node_id: format!("real-pods-{who}"),
+            max_attempts: 3,
+            backoff_base: Duration::from_millis(200),
+        },
+    );
+    RemoteStore::new(
+        Arc::new(session),
+        StoreId::new("acme", "contacts", StoreKind::Docs).unwrap(),
+    )
+}
+
+fn users_directory() -> String {
+    let user = |name: &str| {
+        let (username, identity) = vector_identity(name);
         UserEntry {
-            username: id["username"].as_str().unwrap().to_string(),
+            username,
             signing_public_key: identity.signing_public_pem,
             encryption_public_key: identity.encryption_public_pem,
             revoked: false,
@@ -332,4 +366,61 @@ fn the_example_chain_becomes_ready_in_real_pods() {
         "-o",
         "wide",
     ]));
+
+    // README step 5: clients reach the edge's Service. The cluster has no load balancer: the
+    // LoadBalancer Service's NodePort on the node address serves instead.
+    let jsonpath = |what: &str, path: &str| {
+        String::from_utf8(
+            run(cluster
+                .kubectl()
+                .args(["-n", "default", "get", what, "-o"])
+                .arg(format!("jsonpath={path}")))
+            .stdout,
+        )
+        .unwrap()
+    };
+    let node_ip = jsonpath(
+        "nodes",
+        "{.items[0].status.addresses[?(@.type==\"InternalIP\")].address}",
+    );
+    let edge = format!(
+        "http://{node_ip}:{}",
+        jsonpath("service/acme-office", "{.spec.ports[0].nodePort}")
+    );
+    let origin = format!(
+        "http://{}:1661",
+        jsonpath("service/acme-origin", "{.spec.clusterIP}")
+    );
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let alice = user_store(&edge, "alice");
+        let written: Vec<_> = (0..20)
+            .map(|n| {
+                syncrelay_node::demo::author_entry(
+                    &vector_identity("alice").1,
+                    "doc",
+                    n,
+                    format!("ciphertext {n}").into_bytes(),
+                )
+            })
+            .collect();
+        let outcome = alice.push_entries(written.clone()).await.unwrap();
+        assert!(outcome.rejected.is_empty(), "{:?}", outcome.rejected);
+        let ids: Vec<String> = written.iter().map(|e| e.metadata.id.clone()).collect();
+        let bob = user_store(&origin, "bob");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let read = bob.get_entries(&ids).await.unwrap_or_default();
+            if read.len() == ids.len() {
+                assert_eq!(read[5].encrypted_data, written[5].encrypted_data);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bob read {} of 20 entries at the origin after 120 s",
+                read.len()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    eprintln!("alice's 20 entries written at the edge were read by bob at the origin");
 }
