@@ -22,6 +22,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY node ./node
 COPY operator ./operator
 COPY crds ./crds
+# A workspace member too: cargo reads every member's manifest (only node and operator are built).
+COPY tests ./tests
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p syncrelay-node -p syncrelay-operator \

@@ -23,10 +23,13 @@
 #                              (StorageClass "local", the default) per claim. Writes
 #                              <statedir>/kubeconfig (admin) and returns once the node is Ready.
 #                              Runs `prepare` first. Host state it changes is recorded in <statedir>.
-#   cluster.sh down <statedir> Stops all of the above, removes the pods' containers, unmounts the
-#                              kubelet's directory, removes the KUBE-*/CNI-* iptables chains and cni0,
-#                              restores the sysctls it changed, then deletes <statedir>. Safe to run
-#                              on a half-started or already-stopped cluster.
+#   cluster.sh down <statedir> Stops all of the above (dockerd only if up started it), removes the
+#                              pods' containers, unmounts the kubelet's directory, removes the
+#                              KUBE-*/CNI-* iptables chains, the netfilter tables and the kubepods/docker
+#                              cgroups that were not there before, and cni0 if up created it, restores
+#                              the sysctls (vm.overcommit_memory, kernel.panic, kernel.panic_on_oops,
+#                              route_localnet, ip_forward, bridge-nf-call-*), then deletes <statedir>.
+#                              Safe to run on a half-started or already-stopped cluster.
 #   cluster.sh env <statedir>  Prints KUBECONFIG=... and DOCKER=... for `eval`.
 #
 # Binaries: KUBEBUILDER_ASSETS may name a folder with all of etcd, kube-apiserver,
