@@ -152,8 +152,8 @@ build_runtime_image() {
      libgomp1 libstdc++6 libssl3 >&2)
   for p in "$work"/debs/*.deb; do dpkg-deb -x "$p" "$root"; done
   # Drop what a distroless image lacks: docs, man pages, locales, the maintainer helpers.
-  rm -rf "$root"/usr/share/{doc,man,info,lintian,locale} "$root"/usr/sbin "$root"/sbin "$root"/usr/bin \
-         "$root"/bin "$root"/usr/lib/x86_64-linux-gnu/gconv "$root"/etc/update-motd.d
+  rm -rf "${root:?}"/usr/share/{doc,man,info,lintian,locale} "${root:?}"/usr/sbin "${root:?}"/sbin \
+         "${root:?}"/usr/bin "${root:?}"/bin "${root:?}"/usr/lib/x86_64-linux-gnu/gconv "${root:?}"/etc/update-motd.d
   mkdir -p "$root"/etc/ssl/certs "$root"/tmp "$root"/home/nonroot "$root"/root "$root"/var/lib
   find "$root"/usr/share/ca-certificates -name '*.crt' | sort | xargs cat >"$root"/etc/ssl/certs/ca-certificates.crt
   chmod 1777 "$root"/tmp
@@ -181,7 +181,7 @@ EOF
 # rust:<version>-bookworm like the official image: CARGO_HOME=/usr/local/cargo,
 # RUSTUP_HOME=/usr/local/rustup, a C toolchain; the Rust toolchain is this machine's.
 build_rust_image() {
-  local version name rustc_path sysroot
+  local version name sysroot
   version=$(rustc --version | awk '{print $2}')
   name="rust:${version%.*}-bookworm"
   grep -q "^FROM $name " "$HERE/../Dockerfile" \
@@ -198,7 +198,7 @@ build_rust_image() {
       bookworm "$rootfs" http://deb.debian.org/debian >"$CACHE/images/debootstrap.log" 2>&1 \
       || die "debootstrap failed; see $CACHE/images/debootstrap.log"
     chroot "$rootfs" apt-get clean
-    rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/{doc,man,info}
+    rm -rf "${rootfs:?}"/var/lib/apt/lists/* "${rootfs:?}"/usr/share/{doc,man,info}
     touch "$rootfs/.complete"
   fi
   # Trust what this machine trusts (a site's own CAs, e.g. of an HTTPS-intercepting egress proxy),
@@ -240,6 +240,7 @@ prepare_images() {
   local t0 tmpstate
   tmpstate=$(mktemp -d)
   # Stop the dockerd started here (if any) however this ends.
+  # shellcheck disable=SC2064 # expanded now on purpose: tmpstate is local
   trap "stop_pidfile '$tmpstate/dockerd.pid'; rm -rf '$tmpstate'" EXIT
   start_dockerd "$tmpstate"
   t0=$SECONDS; build_pause_image; log "pause image ($((SECONDS - t0)) s)"
