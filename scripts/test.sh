@@ -2,7 +2,9 @@
 # Runs every test: unit tests (vectors, stores, auth, operator builders), the multi-process tests that
 # start real syncrelay-node binaries on loopback ports (and in network namespaces: netns_faults), and
 # the operator tests against a real kube-apiserver + etcd (provided by scripts/control-plane.sh, built
-# and cached on first use).
+# and cached on first use), and tests/tests/real_pods.rs: a one-node cluster with real containers
+# (scripts/cluster.sh, needs root; SYNCRELAY_SKIP_REAL_PODS=1 skips it explicitly), the image from
+# the Dockerfile, the chart and the example chain.
 # Release mode: RSA and Ed25519 are slow unoptimised.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -34,6 +34,10 @@ enum Command {
         /// Namespace of the leader Lease.
         #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
         lease_namespace: String,
+        /// Image of the node pods whose SyncNode names none (the chart passes its own image, so
+        /// nodes run the same build as the operator from the same registry).
+        #[arg(long, env = "SYNCRELAY_NODE_IMAGE", default_value = syncrelay_operator::render::workload::DEFAULT_IMAGE)]
+        node_image: String,
     },
 }
 
@@ -49,6 +53,7 @@ fn main() -> anyhow::Result<()> {
             probe_addr,
             leader_election,
             lease_namespace,
+            node_image,
         } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -66,6 +71,7 @@ fn main() -> anyhow::Result<()> {
                     probe_addr,
                     leader_election,
                     lease_namespace,
+                    node_image,
                 },
             ))
         }

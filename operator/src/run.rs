@@ -22,6 +22,8 @@ pub struct Options {
     pub leader_election: bool,
     /// Namespace of the Lease.
     pub lease_namespace: String,
+    /// Image of node pods whose spec names none.
+    pub node_image: String,
 }
 
 fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
@@ -69,7 +71,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }
     let served = crate::controller::ServedApis::discover(&client).await;
     tracing::info!(?served, "optional APIs");
-    let ctx = Arc::new(Context::new(client.clone(), leader, served));
+    let mut ctx = Context::new(client.clone(), leader, served);
+    ctx.node_image = options.node_image.clone();
+    let ctx = Arc::new(ctx);
     let probe_ctx = ctx.clone();
     tokio::spawn(async move {
         if let Err(e) = probes(options.probe_addr, probe_ctx).await {

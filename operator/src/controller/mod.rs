@@ -51,6 +51,8 @@ pub struct Context {
     pub served: ServedApis,
     /// Per object: hash of the content last applied and the resourceVersion it produced.
     pub applied: Mutex<HashMap<String, (String, String)>>,
+    /// Image of node pods whose SyncNode names none.
+    pub node_image: String,
 }
 
 /// Optional APIs found by discovery.
@@ -106,6 +108,7 @@ impl Context {
             metrics: crate::metrics::Metrics::new(),
             served,
             applied: Mutex::new(HashMap::new()),
+            node_image: crate::render::workload::DEFAULT_IMAGE.into(),
         }
     }
 

@@ -244,6 +244,7 @@ pub async fn reconcile(sn: Arc<SyncNode>, ctx: Arc<Context>) -> Result<Action, E
         config_hash: &hash,
         upstreams: &upstreams,
         identity_secret,
+        default_image: &ctx.node_image,
     };
     let mut config_map = cfg::config_map(&name, &namespace, &sn.spec, &yaml);
     owned(&mut config_map.metadata, sn.as_ref());

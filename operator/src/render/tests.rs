@@ -30,6 +30,7 @@ fn render(name: &str, spec: &SyncNodeSpec, ups: &[ResolvedUpstream]) -> (NodeCon
         config_hash: &hash,
         upstreams: ups,
         identity_secret: super::identity_secret_name(name),
+        default_image: super::workload::DEFAULT_IMAGE,
     };
     (config.clone(), workload(name, "sync", spec, &inputs))
 }

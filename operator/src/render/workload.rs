@@ -39,6 +39,8 @@ pub struct PodInputs<'a> {
     pub upstreams: &'a [ResolvedUpstream],
     /// Secret with the identity the node presents upstream (generated one unless overridden).
     pub identity_secret: String,
+    /// Image when the spec names none (the operator's --node-image, by default DEFAULT_IMAGE).
+    pub default_image: &'a str,
 }
 
 fn secret_volume(name: &str, secret: &str, items: Option<&[&str]>) -> Volume {
@@ -137,7 +139,11 @@ pub fn pod_template(node: &str, spec: &SyncNodeSpec, inputs: &PodInputs<'_>) -> 
     };
     let container = Container {
         name: "node".into(),
-        image: Some(spec.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.into())),
+        image: Some(
+            spec.image
+                .clone()
+                .unwrap_or_else(|| inputs.default_image.into()),
+        ),
         args: Some(vec![
             "serve".into(),
             "--config".into(),
