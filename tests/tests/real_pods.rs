@@ -395,7 +395,7 @@ fn the_example_chain_becomes_ready_in_real_pods() {
         let alice = user_store(&edge, "alice");
         let written: Vec<_> = (0..20)
             .map(|n| {
-                syncrelay_node::demo::author_entry(
+                syncrelay_node::crypto::signing::author_entry(
                     &vector_identity("alice").1,
                     "doc",
                     n,
