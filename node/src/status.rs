@@ -38,6 +38,12 @@ pub struct NodeStatus {
     /// Pulled entries held back until the directory knows their author, over all links.
     #[serde(default)]
     pub held_entries: u64,
+    /// Bytes the on-disk store's data directory occupies (absent for the memory store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
+    /// Distinct payload bytes held, over all stores: what the disk use is for.
+    #[serde(default)]
+    pub payload_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -33,6 +33,7 @@ fn default_replicas() -> i32 {
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Upstream","type":"string","jsonPath":".status.upstream"}"#,
     printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.lag"}"#,
+    printcolumn = r#"{"name":"Disk","type":"integer","format":"int64","jsonPath":".status.diskBytes"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -197,6 +198,12 @@ pub struct SyncNodeStatus {
     pub lag: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries: Option<i64>,
+    /// Bytes the answering pod's data directory occupies on disk (each replica holds a full copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<i64>,
+    /// Distinct payload bytes that pod holds: what the disk use is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_bytes: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<String>,
 }

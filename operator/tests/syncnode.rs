@@ -177,6 +177,10 @@ async fn sync_nodes_are_reconciled_against_a_real_api_server() {
     let sn = nodes.get("origin").await.unwrap();
     assert_eq!(condition(&sn, "Ready").unwrap().1, "NodeReady");
     assert_eq!(sn.status.as_ref().unwrap().entries, Some(0));
+    // Its disk use as the node measures it (an empty sled store still occupies its log).
+    let disk = sn.status.as_ref().unwrap().disk_bytes;
+    assert!(disk.is_some_and(|b| b > 0), "diskBytes: {disk:?}");
+    assert_eq!(sn.status.as_ref().unwrap().payload_bytes, Some(0));
 
     // Changing the relay's config rolls only the relay.
     let origin_hash = pod_hash(&sts.get("origin").await.unwrap());

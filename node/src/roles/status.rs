@@ -8,6 +8,7 @@ pub async fn node_status(node: &Node) -> NodeStatus {
     let mut stores = Vec::new();
     let mut entries = 0;
     let mut max_lag = 0;
+    let mut payload_bytes = 0;
     let mut opened = node.stores.opened();
     opened.sort_by_key(|s| s.id().to_string());
     for store in opened {
@@ -22,6 +23,7 @@ pub async fn node_status(node: &Node) -> NodeStatus {
             .collect();
         max_lag = links.iter().map(|l| l.pull_lag).fold(max_lag, u64::max);
         entries += stats.entries;
+        payload_bytes += stats.payload_bytes;
         stores.push(StoreStatus {
             tenant: id.tenant_id.clone(),
             db: id.db_id.clone(),
@@ -66,5 +68,7 @@ pub async fn node_status(node: &Node) -> NodeStatus {
         catching_up,
         storage_failure,
         held_entries: replication::held_entries(node),
+        disk_bytes: node.stores.size_on_disk(),
+        payload_bytes,
     }
 }

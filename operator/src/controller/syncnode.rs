@@ -449,6 +449,8 @@ pub async fn reconcile(sn: Arc<SyncNode>, ctx: Arc<Context>) -> Result<Action, E
         }),
         lag: report.as_ref().map(|r| r.max_lag as i64),
         entries: report.as_ref().map(|r| r.entries as i64),
+        disk_bytes: report.as_ref().and_then(|r| r.disk_bytes).map(|b| b as i64),
+        payload_bytes: report.as_ref().map(|r| r.payload_bytes as i64),
         last_sync_time: last_sync.and_then(|ms| {
             k8s_openapi::jiff::Timestamp::from_millisecond(ms)
                 .ok()
