@@ -618,6 +618,27 @@ async fn observable(store: &dyn ContentAddressedStore, docs: &[&str]) -> Vec<Str
     seen
 }
 
+/// Each document's query names exactly the scan's entries of that document, each once.
+async fn documents_agree_with_the_scan(store: &dyn ContentAddressedStore, docs: &[&str]) {
+    let ids = store.get_all_ids().await.unwrap();
+    let entries = store.get_entries(&ids).await.unwrap();
+    for doc in docs {
+        let found: Vec<String> = store
+            .find_new_entries_for_doc(&[], doc)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        let expected: Vec<String> = entries
+            .iter()
+            .filter(|e| e.metadata.doc_id == *doc)
+            .map(|e| e.metadata.id.clone())
+            .collect();
+        assert_eq!(found, expected, "document {doc}");
+    }
+}
+
 #[tokio::test]
 async fn sled_index_compaction_reads_identically_and_reports_what_it_did() {
     use super::sled_compaction::CompactionThresholds;
@@ -711,6 +732,7 @@ async fn sled_index_compaction_reads_identically_and_reports_what_it_did() {
         vec!["e21", "e33"]
     );
     let after_receipts = observable(&store, &docs).await;
+    documents_agree_with_the_scan(&store, &docs).await;
     let scanned: Vec<&String> = after_receipts
         .iter()
         .filter(|l| l.starts_with("scan "))
@@ -722,6 +744,7 @@ async fn sled_index_compaction_reads_identically_and_reports_what_it_did() {
     drop(store);
     let store = open(reopen(dir.path()).await);
     assert_eq!(observable(&store, &docs).await, after_receipts);
+    documents_agree_with_the_scan(&store, &docs).await;
     // The figures are the process's own (spec §7.4). The first look finds the late receipts' key
     // mergeable with the one before it: one key waiting, below the threshold of four.
     assert_eq!(

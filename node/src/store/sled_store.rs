@@ -150,6 +150,17 @@ impl IdList {
         Some(out.0)
     }
 
+    /// How many ids (tombstones included) `bytes` holds, or `None` when it is not a well-formed
+    /// list; reads only the length bytes.
+    fn count(bytes: &[u8]) -> Option<usize> {
+        let (mut at, mut n) = (0, 0);
+        while let Some(&len) = bytes.get(at) {
+            at += 1 + len as usize;
+            n += 1;
+        }
+        (at == bytes.len()).then_some(n)
+    }
+
     /// The ids in `bytes`, or `None` when the value is not a well-formed list.
     fn decode(bytes: &[u8]) -> Option<Vec<&str>> {
         let mut ids = Vec::new();
@@ -441,6 +452,8 @@ pub struct SledStore {
     unmaintained: AtomicU64,
     /// Keys the last look found to merge and no merge has removed yet.
     waiting_keys: AtomicU64,
+    /// receiptOrder of the first key the next maintenance pass needs to look at.
+    settled_before: AtomicU64,
 }
 
 impl SledStore {
@@ -523,6 +536,7 @@ impl SledStore {
             // The first pass after opening looks at what earlier runs left.
             unmaintained: AtomicU64::new(1),
             waiting_keys: AtomicU64::new(0),
+            settled_before: AtomicU64::new(0),
         })
     }
 
@@ -722,20 +736,25 @@ impl SledStore {
         (count(b"o"), count(b"d"))
     }
 
-    /// The visible scan-index keys, in order.
-    fn index_keys(&self) -> Result<Vec<IndexKey>, StoreError> {
+    /// The visible scan-index keys from the last one at or below receiptOrder `from`, in order.
+    /// Positions are counted from the length bytes; no id is decoded.
+    fn index_keys(&self, from: u64) -> Result<Vec<IndexKey>, StoreError> {
         let end = batch_key(self.visible().saturating_add(1));
+        let start = match self.tree.range(batch_key(0)..=batch_key(from)).next_back() {
+            Some(item) => item.map_err(self.err())?.0.to_vec(),
+            None => batch_key(0),
+        };
         let mut keys = Vec::new();
-        for item in self.tree.range(batch_key(0)..end) {
+        for item in self.tree.range(start..end) {
             let (key, value) = item.map_err(self.err())?;
             let first = u64::from_be_bytes(
                 key[1..]
                     .try_into()
                     .map_err(|_| self.corrupt("malformed batch key"))?,
             );
-            let positions = IdList::decode(&value)
+            let positions = IdList::count(&value)
                 .ok_or_else(|| self.corrupt(format!("malformed batch index at {first}")))?
-                .len() as u64;
+                as u64;
             keys.push(IndexKey {
                 first,
                 positions,
@@ -748,48 +767,92 @@ impl SledStore {
     /// Merges runs of small scan-index keys, and with them their documents' keys, when the
     /// thresholds say it is due ([`super::sled_compaction`]). Each run is one atomic sled batch,
     /// written under the write lock and applied under the re-anchoring gate: a crash leaves the old
-    /// keys or the merged ones, and no reader walks a half-merged index. `None`: nothing was due.
+    /// keys or the merged ones, and no reader walks a half-merged index. `None`: nothing merged.
+    /// A pass that fails is retried by the next one, written to or not.
     pub async fn compact_index(&self) -> Result<Option<CompactionRun>, StoreError> {
         if !self.thresholds.enabled() || self.unmaintained.swap(0, Ordering::Relaxed) == 0 {
             return Ok(None);
         }
+        let result = self.compaction_pass().await;
+        if result.is_err() {
+            self.unmaintained.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn compaction_pass(&self) -> Result<Option<CompactionRun>, StoreError> {
         let started = std::time::Instant::now();
-        let keys = self.index_keys()?;
+        // Keys before the first run the last pass left can join no run later (receipts only put
+        // tombstones in place, new keys come after the last): the plan starts there.
+        let keys = self.index_keys(self.settled_before.load(Ordering::Relaxed))?;
         let runs = plan_merges(&keys, self.thresholds.target_entries);
         let waiting: usize = runs.iter().map(|r| r.len() - 1).sum();
         self.waiting_keys.store(waiting as u64, Ordering::Relaxed);
+        let last = keys.last().map_or(0, |k| k.first);
         if !due(&keys, &runs, &self.thresholds) {
+            let settled = runs.first().map_or(last, |r| keys[r.start].first);
+            self.settled_before.store(settled, Ordering::Relaxed);
             return Ok(None);
         }
         let mut done = CompactionRun::default();
+        let mut merged = 0;
+        let mut settled = last;
+        let mut failure = None;
         for run in runs {
             let firsts: Vec<u64> = keys[run].iter().map(|k| k.first).collect();
-            self.check_space()?;
-            let _writer = self.write_lock.lock().await;
-            // Planned without the lock: a run that changed since is left for the next pass.
-            let Some(merge) = self.merge_run(&firsts)? else {
-                self.unmaintained.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            {
-                let _gate = self.reanchor_gate.write().await;
-                self.tree.apply_batch(merge.batch).map_err(self.err())?;
+            match self.merge_and_apply(&firsts, &mut done).await {
+                Ok(true) => merged += 1,
+                // Changed since it was planned: the next pass looks again.
+                Ok(false) => {
+                    settled = settled.min(firsts[0]);
+                    self.unmaintained.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
             }
-            // The merged index reads as the old one did, so an unflushed merge needs no undo.
-            self.db.flush_async().await.map_err(self.err())?;
-            done.removed_keys += merge.removed_keys;
-            done.rewritten_bytes += merge.rewritten_bytes;
-            let merged_away = firsts.len() as u64 - 1;
-            let _ = self
-                .waiting_keys
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
-                    Some(w.saturating_sub(merged_away))
-                });
         }
-        done.duration = started.elapsed();
-        done.finished_at_ms = crate::clock::now_ms();
-        self.figures.lock().expect("figures").record(done);
-        Ok(Some(done))
+        if merged > 0 {
+            done.duration = started.elapsed();
+            done.finished_at_ms = crate::clock::now_ms();
+            self.figures.lock().expect("figures").record(done);
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        self.settled_before.store(settled, Ordering::Relaxed);
+        Ok((merged > 0).then_some(done))
+    }
+
+    /// Merges one planned run under the write lock and adds what it did to `done`; false when
+    /// the run changed since it was planned.
+    async fn merge_and_apply(
+        &self,
+        firsts: &[u64],
+        done: &mut CompactionRun,
+    ) -> Result<bool, StoreError> {
+        self.check_space()?;
+        let _writer = self.write_lock.lock().await;
+        let Some(merge) = self.merge_run(firsts)? else {
+            return Ok(false);
+        };
+        {
+            let _gate = self.reanchor_gate.write().await;
+            self.tree.apply_batch(merge.batch).map_err(self.err())?;
+        }
+        // Counted once applied: the merged index reads as the old one did, so an unflushed
+        // merge needs no undo and becomes durable with the next flush.
+        done.removed_keys += merge.removed_keys;
+        done.rewritten_bytes += merge.rewritten_bytes;
+        let merged_away = firsts.len() as u64 - 1;
+        let _ = self
+            .waiting_keys
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                Some(w.saturating_sub(merged_away))
+            });
+        self.db.flush_async().await.map_err(self.err())?;
+        Ok(true)
     }
 
     /// The batch merging the scan-index keys at `firsts` (consecutive, in order) and their
@@ -1241,6 +1304,9 @@ mod tests {
         assert_eq!(IdList::decode(&[]).unwrap(), Vec::<&str>::new());
         assert!(IdList::decode(&list.0[..list.0.len() - 1]).is_none());
         assert!(IdList::decode(&[2, 0xff, 0xfe]).is_none(), "not UTF-8");
+        assert_eq!(IdList::count(&list.0), Some(3));
+        assert_eq!(IdList::count(&[]), Some(0));
+        assert_eq!(IdList::count(&list.0[..list.0.len() - 1]), None);
     }
 
     #[test]
