@@ -98,6 +98,32 @@ pub struct SyncNodeSpec {
     /// Stop reconciling this node set (its objects stay as they are).
     #[serde(default)]
     pub paused: bool,
+    /// Scheduled backups of every database the node carries (origin, relay, peer): a CronJob
+    /// pulls them with the node's own identity into a volume of its own and keeps the newest
+    /// `keep` snapshots; `syncrelay-node restore` brings a snapshot back (README runbook).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
+}
+
+fn default_keep() -> u32 {
+    7
+}
+
+/// Scheduled backups of a node set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// Cron schedule of the backup runs (e.g. `0 3 * * *`), in the controller manager's time zone.
+    #[schemars(length(min = 1, max = 100))]
+    pub schedule: String,
+    /// The backup volume (one PVC `<node>-backup`, holding the incremental store and the
+    /// snapshots).
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// Snapshots kept (the newest); older ones are deleted after each successful run.
+    #[serde(default = "default_keep")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub keep: u32,
 }
 
 /// An upstream: another SyncNode in this namespace, or an external URL.
