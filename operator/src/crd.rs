@@ -411,15 +411,17 @@ mod tests {
         );
     }
 
+    /// Whether a schema node has a description that says something (kube's placeholder does not).
+    fn described(schema: &serde_json::Value) -> bool {
+        schema["description"]
+            .as_str()
+            .is_some_and(|d| !d.trim().is_empty() && !d.starts_with("Auto-generated"))
+    }
+
     /// Paths of schema nodes without a (teaching) description: every property, list item and map
     /// value that is an object, walked through `anyOf`/`oneOf`/`allOf`, so `kubectl explain` has
     /// something to say at every level.
     fn undescribed(schema: &serde_json::Value, path: &str, out: &mut Vec<String>) {
-        let described = |s: &serde_json::Value| {
-            s["description"]
-                .as_str()
-                .is_some_and(|d| !d.trim().is_empty() && !d.starts_with("Auto-generated"))
-        };
         if let Some(props) = schema["properties"].as_object() {
             for (name, prop) in props {
                 let p = format!("{path}.{name}");
@@ -452,10 +454,7 @@ mod tests {
             let root = &schema["openAPIV3Schema"];
             assert!(root.is_object(), "{kind}: no schema");
             let mut here = Vec::new();
-            if !root["description"]
-                .as_str()
-                .is_some_and(|d| !d.starts_with("Auto-generated"))
-            {
+            if !described(root) {
                 here.push(kind.clone());
             }
             undescribed(root, &kind, &mut here);
