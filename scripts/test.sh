@@ -17,6 +17,14 @@ if ! command -v ip >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1; then
     apt-get install -y -qq iproute2 nftables >/dev/null || { apt-get update -qq && apt-get install -y -qq iproute2 nftables >/dev/null; }
   fi
 fi
+# The Argo CD health checks (examples/argocd) run in Lua 5.1 (the dialect of Argo CD's gopher-lua)
+# and 5.4: operator/tests/argocd_health.rs fails without them.
+if ! command -v lua5.1 >/dev/null 2>&1 || ! command -v lua5.4 >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "installing lua5.1 and lua5.4 for the Argo CD health checks"
+    apt-get install -y -qq lua5.1 lua5.4 >/dev/null || { apt-get update -qq && apt-get install -y -qq lua5.1 lua5.4 >/dev/null; }
+  fi
+fi
 if [ -z "${SYNCRELAY_NETNS_FAULTS:-}" ]; then
   # netem where the kernel has it, else packet loss through nftables (no added delay).
   probe_ns="srprobe$$"

@@ -311,7 +311,9 @@ pub struct RemoteConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DatabaseRef {
+    /// Tenant (MindooDB tenant id) the database belongs to.
     pub tenant: String,
+    /// Database name within the tenant.
     pub db: String,
 }
 

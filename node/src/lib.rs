@@ -6,9 +6,10 @@
 //! cache) → [`store`] (the `ContentAddressedStore` trait, memory and sled) → [`wire`] and [`crypto`].
 //! Beside them and below `client`: [`ingest`] (entry checks), [`config`], [`directory`], [`auth`],
 //! [`metrics`], [`status`], [`bloom`], [`clock`], [`cpu`]. On top: [`node`] (start-up), [`demo`],
-//! [`tools`].
+//! [`tools`], [`backup`].
 
 pub mod auth;
+pub mod backup;
 pub mod bloom;
 pub mod client;
 pub mod clock;

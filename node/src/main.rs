@@ -86,6 +86,48 @@ enum Command {
         #[arg(long)]
         ca_file: Option<PathBuf>,
     },
+    /// Back up every database a node carries (as listed in its /status) into --dir: an incremental
+    /// pull into DIR/current with the node's own identity, then a snapshot DIR/snapshots/<ms>
+    /// with manifest.json; only the newest --keep snapshots are kept. Prints the manifest (JSON).
+    Backup {
+        /// Base URL of the node, e.g. http://origin.acme.svc.cluster.local:1661
+        #[arg(long)]
+        url: String,
+        /// Backup folder (created when missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Snapshots to keep.
+        #[arg(long, default_value_t = 7)]
+        keep: usize,
+        /// Folder with signing.pem and encryption.pem of the identity to act as.
+        #[arg(long)]
+        keys: PathBuf,
+        /// Name that identity has in the node's directory (a node: its trusted-server name).
+        #[arg(long)]
+        username: String,
+        /// PEM bundle of CAs to trust for an https URL.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
+    /// Push a snapshot taken by `backup` into a node (e.g. an origin whose volume was lost).
+    /// Prints the snapshot's manifest (JSON).
+    Restore {
+        /// Base URL of the node.
+        #[arg(long)]
+        url: String,
+        /// A snapshot folder, or a backup folder (its newest snapshot is used).
+        #[arg(long)]
+        from: PathBuf,
+        /// Folder with signing.pem and encryption.pem of the identity to act as.
+        #[arg(long)]
+        keys: PathBuf,
+        /// Name that identity has in the node's directory.
+        #[arg(long)]
+        username: String,
+        /// PEM bundle of CAs to trust for an https URL.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
     /// Print a node's stores, links, lag and cache as tables (from its /status).
     Status {
         /// Base URL of the node.
@@ -208,6 +250,46 @@ fn main() -> anyhow::Result<()> {
                 username: &username,
                 ca_file: ca_file.as_deref(),
             }))
+        }
+        Command::Backup {
+            url,
+            dir,
+            keep,
+            keys,
+            username,
+            ca_file,
+        } => {
+            init_logging(LogFormat::Text);
+            let access = syncrelay_node::backup::Access {
+                url: &url,
+                keys: &keys,
+                username: &username,
+                ca_file: ca_file.as_deref(),
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            let manifest = runtime.block_on(syncrelay_node::backup::backup(&access, &dir, keep))?;
+            println!("{}", serde_json::to_string(&manifest)?);
+            Ok(())
+        }
+        Command::Restore {
+            url,
+            from,
+            keys,
+            username,
+            ca_file,
+        } => {
+            init_logging(LogFormat::Text);
+            let snapshot = syncrelay_node::backup::resolve_snapshot(&from)?;
+            let access = syncrelay_node::backup::Access {
+                url: &url,
+                keys: &keys,
+                username: &username,
+                ca_file: ca_file.as_deref(),
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            let manifest = runtime.block_on(syncrelay_node::backup::restore(&access, &snapshot))?;
+            println!("{}", serde_json::to_string(&manifest)?);
+            Ok(())
         }
         Command::Status { url } => {
             let runtime = tokio::runtime::Runtime::new()?;

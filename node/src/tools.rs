@@ -12,7 +12,7 @@ use crate::client::{HttpTransport, RemoteSession, RemoteStore, SessionOptions};
 use crate::crypto::keys::Identity;
 use crate::status::NodeStatus;
 use crate::store::{StorageBackend, StoreRegistry};
-use crate::sync::engine::{self, Progress, SyncOptions, SyncState};
+use crate::sync::engine::{self, Progress, SyncOptions, SyncReport, SyncState};
 use crate::wire::{StoreId, StoreKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,45 +37,101 @@ pub struct SyncArgs<'a> {
 
 /// One pull or push pass; the cursor is kept in the local store, so a repeated run is incremental.
 pub async fn sync(args: SyncArgs<'_>) -> anyhow::Result<()> {
-    let identity = Identity::load(
-        &args.keys.join("signing.pem"),
-        &args.keys.join("encryption.pem"),
-    )
-    .context("loading the keys to act as")?;
-    let transport = HttpTransport::new(args.url, args.ca_file, Duration::from_secs(60))?;
-    let session = RemoteSession::new(
+    let session = session(
         args.url,
-        Arc::new(transport),
         args.tenant,
+        args.keys,
+        args.username,
+        args.ca_file,
+    )?;
+    let id = StoreId::new(args.tenant, args.db, args.kind)?;
+    std::fs::create_dir_all(args.local)?;
+    let registry = StoreRegistry::new(StorageBackend::sled(args.local, 64 << 20)?, None);
+    let direction = args.direction;
+    let report = sync_store(&registry, session, args.url, &id, direction, true).await?;
+    let direction = direction.as_str();
+    if report.idle {
+        println!("{direction} {id}: already up to date (one store-head request)");
+    } else {
+        println!(
+            "{direction} {id}: {} scanned, {} transferred ({} bytes), {} rejected{}",
+            report.scanned,
+            report.transferred,
+            report.bytes,
+            report.rejected.len(),
+            if report.full_scan { ", full scan" } else { "" }
+        );
+    }
+    for r in &report.rejected {
+        println!("  rejected {}: {}", r.id, r.reason);
+    }
+    Ok(())
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Pull => "pull",
+            Direction::Push => "push",
+        }
+    }
+}
+
+/// A session with tenant `tenant` of the node at `url` as the user (or node) whose keys are in
+/// `keys`.
+pub fn session(
+    url: &str,
+    tenant: &str,
+    keys: &Path,
+    username: &str,
+    ca_file: Option<&Path>,
+) -> anyhow::Result<Arc<RemoteSession>> {
+    let identity = Identity::load(&keys.join("signing.pem"), &keys.join("encryption.pem"))
+        .context("loading the keys to act as")?;
+    let transport = HttpTransport::new(url, ca_file, Duration::from_secs(60))?;
+    Ok(Arc::new(RemoteSession::new(
+        url,
+        Arc::new(transport),
+        tenant,
         SessionOptions {
-            username: args.username.into(),
+            username: username.into(),
             identity: Arc::new(identity),
-            node_id: format!("cli:{}", args.username),
+            node_id: format!("cli:{username}"),
             max_attempts: 4,
             backoff_base: Duration::from_millis(200),
         },
-    );
-    let id = StoreId::new(args.tenant, args.db, args.kind)?;
-    let remote = RemoteStore::new(Arc::new(session), id.clone());
-    std::fs::create_dir_all(args.local)?;
-    let registry = StoreRegistry::new(StorageBackend::sled(args.local, 64 << 20)?, None);
-    let local = registry.open(&id)?;
-    let direction = match args.direction {
-        Direction::Pull => "pull",
-        Direction::Push => "push",
-    };
-    let key = format!("{}|{direction}|{id}", args.url);
+    )))
+}
+
+/// One pull or push pass of store `id` between `registry` (a local store) and the node behind
+/// `session`; the cursor is kept in `registry` under the node's URL, so a repeated run is
+/// incremental. Flushes the local store before returning.
+pub async fn sync_store(
+    registry: &StoreRegistry,
+    session: Arc<RemoteSession>,
+    url: &str,
+    id: &StoreId,
+    direction: Direction,
+    progress: bool,
+) -> anyhow::Result<SyncReport> {
+    let remote = RemoteStore::new(session, id.clone());
+    let local = registry.open(id)?;
+    let key = format!("{url}|{}|{id}", direction.as_str());
     let mut state: SyncState = registry
         .load_sync_state(&key)
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    let bar = ProgressBar::new(0);
+    let bar = if progress {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos}/{len} scanned ({per_sec})")
             .expect("valid template")
             .progress_chars("=> "),
     );
-    bar.set_message(format!("{direction} {id}"));
+    bar.set_message(format!("{} {id}", direction.as_str()));
     let mut on_page = |s: &SyncState, p: &Progress| {
         bar.set_length(p.total);
         bar.set_position(p.scanned);
@@ -84,7 +140,7 @@ pub async fn sync(args: SyncArgs<'_>) -> anyhow::Result<()> {
         }
     };
     let options = SyncOptions::default();
-    let report = match args.direction {
+    let report = match direction {
         Direction::Pull => {
             engine::pull_changes_from(
                 &remote,
@@ -104,22 +160,7 @@ pub async fn sync(args: SyncArgs<'_>) -> anyhow::Result<()> {
     bar.finish_and_clear();
     registry.save_sync_state(&key, &serde_json::to_vec(&state)?)?;
     registry.flush_all().await?;
-    if report.idle {
-        println!("{direction} {id}: already up to date (one store-head request)");
-    } else {
-        println!(
-            "{direction} {id}: {} scanned, {} transferred ({} bytes), {} rejected{}",
-            report.scanned,
-            report.transferred,
-            report.bytes,
-            report.rejected.len(),
-            if report.full_scan { ", full scan" } else { "" }
-        );
-    }
-    for r in &report.rejected {
-        println!("  rejected {}: {}", r.id, r.reason);
-    }
-    Ok(())
+    Ok(report)
 }
 
 /// Fetches `URL/status` and prints it as tables.

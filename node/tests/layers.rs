@@ -12,8 +12,8 @@ const SIDE: &[&str] = &["config", "directory", "auth", "ingest", "metrics", "sta
 
 /// The main chain, bottom up: each names those below it.
 const CHAIN: &[&str] = &["store", "client", "sync", "roles", "server"];
-/// On top, free to name anything: start-up, the crate root, CLI, demo, tools.
-const TOP: &[&str] = &["node", "lib", "main", "demo", "tools"];
+/// On top, free to name anything: start-up, the crate root, CLI, demo, tools, backup.
+const TOP: &[&str] = &["node", "lib", "main", "demo", "tools", "backup"];
 
 /// The modules a top-level module may name, or `None` for the top. A module in no list fails the
 /// test: a new module takes its place in the layers when it is written.

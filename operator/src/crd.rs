@@ -29,6 +29,7 @@ fn default_replicas() -> i32 {
     namespaced,
     status = "SyncNodeStatus",
     shortname = "sn",
+    doc = "A set of syncrelay nodes (origin, relay, edge or peer) with the same role, upstreams and storage: the operator runs it as a StatefulSet (or Deployment for edges) behind one Service, and reports its readiness, upstream link, lag and disk use in the status.",
     printcolumn = r#"{"name":"Role","type":"string","jsonPath":".spec.role"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Upstream","type":"string","jsonPath":".status.upstream"}"#,
@@ -38,6 +39,9 @@ fn default_replicas() -> i32 {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SyncNodeSpec {
+    /// What the node does: `origin` (full copy, witnesses client writes), `relay` (full copy kept
+    /// in sync with its upstreams), `edge` (bounded cache in front of its upstream), `passthrough`
+    /// (no local data, forwards everything) or `peer` (full copy synced both ways with its peers).
     pub role: Role,
     /// Pods of this node set; replicas of an origin or relay sync with each other as peers.
     #[serde(default = "default_replicas")]
@@ -49,6 +53,8 @@ pub struct SyncNodeSpec {
     /// Upstreams in failover order (or merged, see `upstreamMode`).
     #[serde(default)]
     pub upstreams: Vec<UpstreamRef>,
+    /// `failover` (default): the first reachable upstream in list order is used; `merged`: the
+    /// node syncs with every upstream and holds the union (relay only).
     #[serde(default)]
     pub upstream_mode: UpstreamMode,
     /// Databases synced from the start (any database a client touches is added by the node).
@@ -56,23 +62,29 @@ pub struct SyncNodeSpec {
     pub databases: Vec<DatabaseRef>,
     /// Secret holding the tenant directory under key `directory.yaml`.
     pub directory_secret: String,
+    /// Persistent volume of each pod (origin, relay and peer keep their data on it).
     #[serde(default)]
     pub storage: StorageSpec,
     /// Edge cache limit in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1048576))]
     pub cache_max_bytes: Option<u64>,
+    /// The Service in front of the node's pods (clients and downstream nodes use it).
     #[serde(default)]
     pub service: ServiceSpec,
+    /// Serve HTTPS from a certificate Secret; downstream nodes then trust its `ca.crt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
     /// Sync tuning passed to the node as is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncConfig>,
+    /// CPU and memory requests and limits of the node container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Where the pods may run: node selector, tolerations, affinity, spread, priority.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduling: Option<Scheduling>,
+    /// Extra labels, annotations and service account of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodOverrides>,
     /// A Prometheus-operator ServiceMonitor for the node's /metrics (only where that API is served).
@@ -86,6 +98,32 @@ pub struct SyncNodeSpec {
     /// Stop reconciling this node set (its objects stay as they are).
     #[serde(default)]
     pub paused: bool,
+    /// Scheduled backups of every database the node carries (origin, relay, peer): a CronJob
+    /// pulls them with the node's own identity into a volume of its own and keeps the newest
+    /// `keep` snapshots; `syncrelay-node restore` brings a snapshot back (README runbook).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
+}
+
+fn default_keep() -> u32 {
+    7
+}
+
+/// Scheduled backups of a node set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// Cron schedule of the backup runs (e.g. `0 3 * * *`), in the controller manager's time zone.
+    #[schemars(length(min = 1, max = 100))]
+    pub schedule: String,
+    /// The backup volume (one PVC `<node>-backup`, holding the incremental store and the
+    /// snapshots).
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// Snapshots kept (the newest); older ones are deleted after each successful run.
+    #[serde(default = "default_keep")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub keep: u32,
 }
 
 /// An upstream: another SyncNode in this namespace, or an external URL.
@@ -107,12 +145,14 @@ pub struct UpstreamRef {
     pub ca_secret: Option<String>,
 }
 
+/// Persistent volume of each pod.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
     /// PVC size per pod (origin, relay, peer).
     #[serde(default = "default_storage_size")]
     pub size: String,
+    /// StorageClass of the PVCs; the cluster's default class when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
 }
@@ -130,6 +170,7 @@ impl Default for StorageSpec {
     }
 }
 
+/// How the Service is exposed: `ClusterIP` (in-cluster only), `NodePort` or `LoadBalancer`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ServiceType {
     #[default]
@@ -141,8 +182,10 @@ pub enum ServiceType {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
+    /// Service type: `ClusterIP` (default, in-cluster only), `NodePort` or `LoadBalancer`.
     #[serde(default, rename = "type")]
     pub type_: ServiceType,
+    /// Annotations of the Service (e.g. for a cloud load balancer).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 }
@@ -152,50 +195,68 @@ pub struct ServiceSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {
+    /// Secret of type kubernetes.io/tls in the same namespace, with `tls.crt`, `tls.key` and `ca.crt`.
     pub secret_name: String,
 }
 
+/// Where the pods may run (copied into the pod spec as is).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Scheduling {
+    /// Labels a Kubernetes node must carry for the pods to run on it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// Taints the pods tolerate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+    /// Node and pod (anti-)affinity of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+    /// How the pods spread over zones or hosts (e.g. one replica of an origin per zone).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// PriorityClass of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
 }
 
+/// Additions to the pods the operator renders.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodOverrides {
+    /// Extra labels of the pods (the operator's own selector labels always win).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Extra annotations of the pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// ServiceAccount the pods run as (the namespace's default when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
 }
 
+/// What the operator last saw of the node set (from the pods' own `/status`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncNodeStatus {
+    /// The `metadata.generation` this status describes; older means the operator has not yet
+    /// acted on the latest spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `Ready` (serving), `Progressing` (pods rolling out), `Degraded` (the spec cannot be
+    /// applied) and `UpstreamConnected` (an upstream link works), each with `observedGeneration`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// In-cluster URL clients and downstream nodes use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// The upstreams this node set pulls from (SyncNode names or URLs, comma-separated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
     /// Largest pull lag (entries) the node's pods report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+    /// Entries the answering pod holds, over all carried databases.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries: Option<i64>,
     /// Bytes the answering pod's data directory occupies on disk (each replica holds a full copy).
@@ -204,6 +265,7 @@ pub struct SyncNodeStatus {
     /// Distinct payload bytes that pod holds: what the disk use is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_bytes: Option<i64>,
+    /// When an upstream link last completed a sync (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<String>,
 }
@@ -217,6 +279,7 @@ pub struct SyncNodeStatus {
     namespaced,
     status = "SyncChainStatus",
     shortname = "sc",
+    doc = "A declared relay topology (origin → relays → edges): the operator creates one SyncNode per node, an identity for each, and the chain's directory Secret trusting them, and reports the chain's readiness and worst lag in the status.",
     printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".status.nodeCount"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.lag"}"#,
@@ -224,6 +287,7 @@ pub struct SyncNodeStatus {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SyncChainSpec {
+    /// The nodes of the chain (one SyncNode each); upstreams name other nodes of this list.
     #[schemars(length(min = 1, max = 64))]
     pub nodes: Vec<ChainNode>,
     /// The origin lives elsewhere (another cluster or region); nodes without upstreams sync from it.
@@ -231,14 +295,18 @@ pub struct SyncChainSpec {
     pub external_origin: Option<UpstreamRef>,
     /// Secret with the tenant directory, distributed to every node.
     pub directory_secret: String,
+    /// Container image of every node; defaults to the operator's own version of `syncrelay`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Databases every node syncs from the start (any database a client touches is added).
     #[serde(default)]
     pub databases: Vec<DatabaseRef>,
+    /// Stop reconciling the chain (its SyncNodes stay as they are).
     #[serde(default)]
     pub paused: bool,
 }
 
+/// One node of a chain.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChainNode {
@@ -248,50 +316,73 @@ pub struct ChainNode {
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
     pub name: String,
+    /// `origin`, `relay`, `edge` or `passthrough` (not `peer`: use replicas); a chain has one
+    /// origin, or none and an `externalOrigin`.
     pub role: Role,
     /// Names of other nodes of this chain, in failover order.
     #[serde(default)]
     pub upstreams: Vec<String>,
+    /// Pods of this node; replicas of an origin or relay sync with each other as peers.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 1, max = 16))]
     pub replicas: i32,
+    /// Persistent volume of each pod (default 10Gi of the default StorageClass).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageSpec>,
+    /// Edge cache limit in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_max_bytes: Option<u64>,
+    /// The Service in front of this node's pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceSpec>,
+    /// CPU and memory requests and limits of the node container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Where the pods may run: node selector, tolerations, affinity, spread, priority.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduling: Option<Scheduling>,
+    /// Serve HTTPS from a certificate Secret; downstream nodes of the chain trust its `ca.crt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
 }
 
+/// What the operator last saw of the chain (from its SyncNodes).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncChainStatus {
+    /// The `metadata.generation` this status describes; older means the operator has not yet
+    /// acted on the latest spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `Ready` (every node ready), `Progressing` (node identities still being wired) and
+    /// `Degraded` (invalid topology or missing directory), each with `observedGeneration`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// Number of nodes in the chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_count: Option<i32>,
+    /// Largest pull lag (entries) over the chain's nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+    /// Each node's readiness, lag and entry count, in the order of `spec.nodes`.
     #[serde(default)]
     pub nodes: Vec<ChainNodeStatus>,
 }
 
+/// One node of the chain as its SyncNode reports it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChainNodeStatus {
+    /// The node's name within the chain.
     pub name: String,
+    /// The node's role.
     pub role: String,
+    /// Whether the node's SyncNode has `Ready=True`.
     pub ready: bool,
+    /// The node's largest pull lag (entries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+    /// Entries the node holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries: Option<i64>,
 }
@@ -318,6 +409,79 @@ mod tests {
             checked_in == crd_yaml().unwrap(),
             "crds/syncrelay.io.yaml is stale: run `cargo run -p syncrelay-operator -- crd > crds/syncrelay.io.yaml`"
         );
+    }
+
+    /// Whether a schema node has a description that says something (kube's placeholder does not).
+    fn described(schema: &serde_json::Value) -> bool {
+        schema["description"]
+            .as_str()
+            .is_some_and(|d| !d.trim().is_empty() && !d.starts_with("Auto-generated"))
+    }
+
+    /// Paths of schema nodes without a (teaching) description: every property, list item and map
+    /// value that is an object, walked through `anyOf`/`oneOf`/`allOf`, so `kubectl explain` has
+    /// something to say at every level.
+    fn undescribed(schema: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        if let Some(props) = schema["properties"].as_object() {
+            for (name, prop) in props {
+                let p = format!("{path}.{name}");
+                if !described(prop) {
+                    out.push(p.clone());
+                }
+                undescribed(prop, &p, out);
+            }
+        }
+        if schema["items"].is_object() {
+            undescribed(&schema["items"], &format!("{path}[]"), out);
+        }
+        if schema["additionalProperties"].is_object() {
+            undescribed(&schema["additionalProperties"], &format!("{path}{{}}"), out);
+        }
+        for key in ["anyOf", "oneOf", "allOf"] {
+            for alternative in schema[key].as_array().into_iter().flatten() {
+                undescribed(alternative, path, out);
+            }
+        }
+    }
+
+    #[test]
+    fn every_field_of_every_crd_has_a_description() {
+        use kube::CustomResourceExt;
+        let mut missing = Vec::new();
+        for crd in [SyncNode::crd(), SyncChain::crd()] {
+            let kind = crd.spec.names.kind.clone();
+            let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
+            let root = &schema["openAPIV3Schema"];
+            assert!(root.is_object(), "{kind}: no schema");
+            let mut here = Vec::new();
+            if !described(root) {
+                here.push(kind.clone());
+            }
+            undescribed(root, &kind, &mut here);
+            missing.extend(here);
+        }
+        assert!(
+            missing.is_empty(),
+            "fields without a description (add a /// comment):\n{}",
+            missing.join("\n")
+        );
+    }
+
+    #[test]
+    fn the_description_walker_finds_what_is_missing() {
+        let schema = serde_json::json!({
+            "properties": {
+                "a": {"description": "ok", "properties": {"b": {"type": "string"}}},
+                "l": {"description": "ok", "items": {"properties": {"c": {"description": ""}}}},
+                "m": {"description": "ok", "additionalProperties": {"properties": {"d": {}}}},
+                "e": {"description": "ok", "anyOf": [{"properties": {"f": {}}}]},
+                "g": {"description": "Auto-generated derived type"}
+            }
+        });
+        let mut out = Vec::new();
+        undescribed(&schema, "X", &mut out);
+        out.sort();
+        assert_eq!(out, ["X.a.b", "X.e.f", "X.g", "X.l[].c", "X.m{}.d"]);
     }
 
     #[test]

@@ -32,6 +32,35 @@ pub enum SpecError {
     UpstreamShape(usize),
     #[error("upstream #{0}: url must start with http:// or https://")]
     UpstreamUrl(usize),
+    #[error("backup: role {0} keeps no local copy to back up (origin, relay or peer only)")]
+    BackupRole(&'static str),
+    #[error(
+        "backup: schedule {0:?} is not a cron schedule (five fields, or @hourly, @daily, ...)"
+    )]
+    BackupSchedule(String),
+}
+
+/// Whether `schedule` has the shape of a cron schedule the CronJob controller takes: five fields
+/// of digits and `*/,-` (or names such as `MON`, `JAN`), or one of the `@` macros.
+pub fn cron_schedule(schedule: &str) -> bool {
+    const MACROS: [&str; 7] = [
+        "@yearly",
+        "@annually",
+        "@monthly",
+        "@weekly",
+        "@daily",
+        "@midnight",
+        "@hourly",
+    ];
+    if MACROS.contains(&schedule.trim()) {
+        return true;
+    }
+    let fields: Vec<&str> = schedule.split_whitespace().collect();
+    fields.len() == 5
+        && fields.iter().all(|f| {
+            f.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '*' | '/' | ',' | '-' | '?'))
+        })
 }
 
 /// Checks one upstream reference.
@@ -63,6 +92,14 @@ pub fn sync_node(name: &str, spec: &SyncNodeSpec) -> Result<(), Vec<SpecError>> 
             errors.push(SpecError::MissingUpstream(name.into(), spec.role.as_str()))
         }
         _ => {}
+    }
+    if let Some(backup) = &spec.backup {
+        if !spec.role.has_local_copy() {
+            errors.push(SpecError::BackupRole(spec.role.as_str()));
+        }
+        if !cron_schedule(&backup.schedule) {
+            errors.push(SpecError::BackupSchedule(backup.schedule.clone()));
+        }
     }
     if errors.is_empty() {
         Ok(())
@@ -190,6 +227,37 @@ pub fn find_cycle(spec: &SyncChainSpec) -> Option<Vec<String>> {
 mod tests {
     use super::*;
     use crate::crd::ChainNode;
+
+    #[test]
+    fn backups_need_a_local_copy_and_a_cron_schedule() {
+        let spec = |role: &str, schedule: &str| -> SyncNodeSpec {
+            serde_json::from_value(serde_json::json!({
+                "role": role, "directorySecret": "d",
+                "upstreams": if role == "origin" { serde_json::json!([]) } else { serde_json::json!([{"node": "o"}]) },
+                "backup": {"schedule": schedule},
+            }))
+            .unwrap()
+        };
+        assert_eq!(
+            spec("origin", "0 3 * * *").backup.unwrap().keep,
+            7,
+            "default keep"
+        );
+        assert!(sync_node("n", &spec("origin", "0 3 * * *")).is_ok());
+        assert!(sync_node("n", &spec("relay", "*/15 * * * MON-FRI")).is_ok());
+        assert!(sync_node("n", &spec("origin", "@daily")).is_ok());
+        assert_eq!(
+            sync_node("n", &spec("edge", "0 3 * * *")),
+            Err(vec![SpecError::BackupRole("edge")])
+        );
+        for bad in ["", "0 3 * *", "0 3 * * * *", "0 3 * * $(rm)", "@sometimes"] {
+            assert_eq!(
+                sync_node("n", &spec("origin", bad)),
+                Err(vec![SpecError::BackupSchedule(bad.into())]),
+                "{bad:?}"
+            );
+        }
+    }
 
     fn node(name: &str, role: Role, ups: &[&str]) -> ChainNode {
         ChainNode {

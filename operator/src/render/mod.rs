@@ -2,8 +2,10 @@
 //! reconciler resolved (upstream URLs, whether TLS is on). No client, no I/O: unit-tested directly.
 //!
 //! Names: Service `<node>`, headless Service `<node>-peers` (replicas > 1), ConfigMap `<node>-config`,
-//! identity Secret `<node>-identity`, StatefulSet or Deployment `<node>`.
+//! identity Secret `<node>-identity`, StatefulSet or Deployment `<node>`, and with `spec.backup` a
+//! PersistentVolumeClaim and CronJob `<node>-backup`.
 
+pub mod backup;
 pub mod chain;
 pub mod config;
 pub mod monitoring;
