@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use syncrelay_node::config::{LogFormat, NodeConfig};
+use syncrelay_node::config::{LogFormat, NodeConfig, StorageKind};
 use syncrelay_node::crypto::keys::Identity;
 use syncrelay_node::directory::{ServerEntry, UserEntry};
 use syncrelay_node::tools;
@@ -57,6 +57,10 @@ enum Command {
         /// Log format.
         #[arg(long, value_enum)]
         log_format: Option<LogFormatArg>,
+        /// Storage: `memory`, or the on-disk engine of a new data directory (an existing one
+        /// keeps the engine it was written with).
+        #[arg(long, value_enum)]
+        storage: Option<StorageArg>,
     },
     /// Pull or push one database between a local sled store and a node, acting as a user or node
     /// whose keys are in --keys. Repeated runs are incremental (the cursor is kept locally).
@@ -113,6 +117,13 @@ enum DirectionArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum StorageArg {
+    Sled,
+    Fjall,
+    Memory,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum LogFormatArg {
     Text,
     Json,
@@ -151,6 +162,7 @@ fn main() -> anyhow::Result<()> {
             data,
             directory,
             log_format,
+            storage,
         } => {
             let mut cfg = match &config {
                 Some(path) => NodeConfig::load(path)?,
@@ -164,6 +176,13 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(d) = directory {
                 cfg.directory_file = Some(d);
+            }
+            if let Some(s) = storage {
+                cfg.storage.kind = match s {
+                    StorageArg::Sled => StorageKind::Sled,
+                    StorageArg::Fjall => StorageKind::Fjall,
+                    StorageArg::Memory => StorageKind::Memory,
+                };
             }
             if let Some(f) = log_format {
                 cfg.log_format = match f {

@@ -58,7 +58,16 @@ pub async fn sync(args: SyncArgs<'_>) -> anyhow::Result<()> {
     let id = StoreId::new(args.tenant, args.db, args.kind)?;
     let remote = RemoteStore::new(Arc::new(session), id.clone());
     std::fs::create_dir_all(args.local)?;
-    let registry = StoreRegistry::new(StorageBackend::sled(args.local, 64 << 20)?, None);
+    let registry = StoreRegistry::new(
+        StorageBackend::open(
+            &args.local,
+            crate::config::StorageKind::default()
+                .engine()
+                .expect("the default storage is on disk"),
+            64 << 20,
+        )?,
+        None,
+    );
     let local = registry.open(&id)?;
     let direction = match args.direction {
         Direction::Pull => "pull",
