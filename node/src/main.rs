@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use syncrelay_node::config::{LogFormat, NodeConfig, StorageKind};
+use syncrelay_node::store::engine::EngineKind;
 use syncrelay_node::crypto::keys::Identity;
 use syncrelay_node::directory::{ServerEntry, UserEntry};
 use syncrelay_node::tools;
@@ -40,7 +41,7 @@ enum Command {
         #[arg(long, default_value_t = 25)]
         batch: usize,
     },
-    /// Run the node. Without flags: an origin on 127.0.0.1:1661 with its sled store under ./data.
+    /// Run the node. Without flags: an origin on 127.0.0.1:1661 with its store under ./data.
     Serve {
         /// Node configuration (YAML); flags override its values.
         #[arg(long, short, env = "SYNCRELAY_CONFIG")]
@@ -62,7 +63,7 @@ enum Command {
         #[arg(long, value_enum)]
         storage: Option<StorageArg>,
     },
-    /// Pull or push one database between a local sled store and a node, acting as a user or node
+    /// Pull or push one database between a local store (sled or fjall) and a node, acting as a user or node
     /// whose keys are in --keys. Repeated runs are incremental (the cursor is kept locally).
     Sync {
         #[arg(value_enum)]
@@ -77,9 +78,12 @@ enum Command {
         /// Store kind.
         #[arg(long, default_value = "docs")]
         kind: String,
-        /// Folder of the local sled store.
+        /// Folder of the local store.
         #[arg(long)]
         local: PathBuf,
+        /// Engine of a new local store (an existing folder keeps the engine it was written with).
+        #[arg(long, value_enum)]
+        engine: Option<EngineArg>,
         /// Folder with signing.pem and encryption.pem (as written by keygen).
         #[arg(long)]
         keys: PathBuf,
@@ -114,6 +118,12 @@ enum Command {
 enum DirectionArg {
     Pull,
     Push,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EngineArg {
+    Sled,
+    Fjall,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -205,6 +215,7 @@ fn main() -> anyhow::Result<()> {
             db,
             kind,
             local,
+            engine,
             keys,
             username,
             ca_file,
@@ -223,6 +234,13 @@ fn main() -> anyhow::Result<()> {
                 db: &db,
                 kind,
                 local: &local,
+                engine: match engine {
+                    Some(EngineArg::Sled) => EngineKind::Sled,
+                    Some(EngineArg::Fjall) => EngineKind::Fjall,
+                    None => StorageKind::default()
+                        .engine()
+                        .expect("the default storage is on disk"),
+                },
                 keys: &keys,
                 username: &username,
                 ca_file: ca_file.as_deref(),

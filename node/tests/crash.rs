@@ -21,6 +21,7 @@ async fn acknowledged_entries_survive_kill_9(engine: &str) {
     let node = Node::start_in(tmp.path());
     let mut c = node.client();
     c.login("alice").await;
+    assert_eq!(c.get("/status").await.json()["storageEngine"], engine);
     let mut acked = Vec::new();
     for round in 0..5 {
         let batch: Vec<_> = (0..40)
@@ -205,6 +206,7 @@ async fn kill_9_during_index_compaction_loses_nothing(engine: &str) {
         let node = Node::start_in(tmp.path());
         let mut c = node.client();
         c.login("alice").await;
+        assert_eq!(c.get("/status").await.json()["storageEngine"], engine);
         check_index(&c, &acked, &docs).await;
         for n in 0..12 {
             acked.push(push(&c, round * 100 + n).await);
