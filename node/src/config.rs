@@ -78,9 +78,10 @@ pub enum UpstreamMode {
 #[serde(rename_all = "lowercase")]
 pub enum StorageKind {
     /// Embedded sled database under `dataDir/store`.
-    #[default]
     Sled,
-    /// Embedded fjall database (LSM tree) under `dataDir/store`.
+    /// Embedded fjall database (LSM tree) under `dataDir/store`: the default for new data
+    /// directories, chosen by `storage_bench` (BENCHMARKS.md "Storage engines").
+    #[default]
     Fjall,
     /// Nothing persisted (tests, throw-away nodes).
     Memory,
@@ -190,7 +191,7 @@ pub struct StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
-            kind: StorageKind::Sled,
+            kind: StorageKind::default(),
             cache_capacity_bytes: 128 * 1024 * 1024,
             min_free_bytes: 64 * 1024 * 1024,
             compaction: CompactionConfig::default(),
