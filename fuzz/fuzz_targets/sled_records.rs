@@ -1,4 +1,4 @@
-//! The sled store's on-disk readers (`store::sled_store::fuzz_hooks`): `record_parts`, which finds
+//! The on-disk store's readers (`store::disk_store::fuzz_hooks`): `record_parts`, which finds
 //! a stored record's metadata JSON and inline payload, and `decode_id_list`, which reads a
 //! batch-index value (each id = one length byte ‖ its bytes). Both read whatever is in the database
 //! file, so a damaged file must give `None`, never a panic or a range outside the value.
@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use syncrelay_node::store::sled_store::fuzz_hooks::{decode_id_list, record_parts};
+use syncrelay_node::store::disk_store::fuzz_hooks::{decode_id_list, record_parts};
 
 fn check_record(raw: &[u8]) -> Option<(std::ops::Range<usize>, Option<std::ops::Range<usize>>)> {
     let (json, payload) = record_parts(raw)?;

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::RemoteSession;
 use crate::status::NodeStatus;
+use crate::store::engine::EngineKind;
 use crate::store::{StorageBackend, StoreRegistry};
 use crate::tools::{self, Direction};
 use crate::wire::{StoreId, StoreKind};
@@ -184,7 +185,10 @@ pub async fn backup(access: &Access<'_>, dir: &Path, keep: usize) -> anyhow::Res
     std::fs::create_dir_all(&current)?;
     let mut stores = Vec::new();
     {
-        let registry = StoreRegistry::new(StorageBackend::sled(&current, 64 << 20)?, None);
+        let registry = StoreRegistry::new(
+            StorageBackend::open(&current, EngineKind::default(), 64 << 20)?,
+            None,
+        );
         let mut sessions = Sessions {
             access,
             by_tenant: BTreeMap::new(),
@@ -247,7 +251,10 @@ pub async fn restore(access: &Access<'_>, snapshot: &Path) -> anyhow::Result<Man
     let manifest = read_manifest(snapshot)?;
     let scratch = tempfile::tempdir()?;
     copy_dir(snapshot, scratch.path()).context("copying the snapshot")?;
-    let registry = StoreRegistry::new(StorageBackend::sled(scratch.path(), 64 << 20)?, None);
+    let registry = StoreRegistry::new(
+        StorageBackend::open(scratch.path(), EngineKind::default(), 64 << 20)?,
+        None,
+    );
     let mut sessions = Sessions {
         access,
         by_tenant: BTreeMap::new(),

@@ -72,14 +72,46 @@ pub enum UpstreamMode {
     Merged,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// Where a node keeps its stores. A data directory keeps the engine it was first written with:
+/// `sled` or `fjall` names the engine of a new one (see `store::engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageKind {
     /// Embedded sled database under `dataDir/store`.
-    #[default]
     Sled,
+    /// Embedded fjall database (LSM tree) under `dataDir/store`.
+    Fjall,
     /// Nothing persisted (tests, throw-away nodes).
     Memory,
+}
+
+impl StorageKind {
+    /// The on-disk engine a new data directory gets; `None` for memory.
+    pub fn engine(self) -> Option<crate::store::engine::EngineKind> {
+        use crate::store::engine::EngineKind;
+        match self {
+            StorageKind::Sled => Some(EngineKind::Sled),
+            StorageKind::Fjall => Some(EngineKind::Fjall),
+            StorageKind::Memory => None,
+        }
+    }
+}
+
+/// The default engine's ([`crate::store::engine::EngineKind::default`]).
+impl Default for StorageKind {
+    fn default() -> Self {
+        crate::store::engine::EngineKind::default().into()
+    }
+}
+
+impl From<crate::store::engine::EngineKind> for StorageKind {
+    fn from(engine: crate::store::engine::EngineKind) -> Self {
+        use crate::store::engine::EngineKind;
+        match engine {
+            EngineKind::Sled => StorageKind::Sled,
+            EngineKind::Fjall => StorageKind::Fjall,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -152,7 +184,7 @@ impl Default for NodeConfig {
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct StorageConfig {
     pub kind: StorageKind,
-    /// sled page cache; bounds resident memory of large stores.
+    /// The engine's page or block cache; bounds resident memory of large stores.
     pub cache_capacity_bytes: u64,
     /// Free space the data directory's file system keeps: writes are refused (507) below it,
     /// before the engine meets a full disk.
@@ -164,7 +196,7 @@ pub struct StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
-            kind: StorageKind::Sled,
+            kind: StorageKind::default(),
             cache_capacity_bytes: 128 * 1024 * 1024,
             min_free_bytes: 64 * 1024 * 1024,
             compaction: CompactionConfig::default(),

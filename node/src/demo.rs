@@ -1,4 +1,4 @@
-//! `syncrelay-node demo`: the whole idea in one command. On loopback, with sled stores in a
+//! `syncrelay-node demo`: the whole idea in one command. On loopback, with on-disk stores (the default engine) in a
 //! temporary folder, it starts an origin, a regional relay and an edge; creates tenant `demo` with
 //! users Alice and Carol, whose payload key no node has; Alice writes signed, AES-256-GCM-encrypted
 //! notes at the edge; Carol pulls them through the relay and decrypts them. It shows each hop's

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use syncrelay_node::config::{LogFormat, NodeConfig};
+use syncrelay_node::config::{LogFormat, NodeConfig, StorageKind};
 use syncrelay_node::crypto::keys::Identity;
 use syncrelay_node::directory::{ServerEntry, UserEntry};
+use syncrelay_node::store::engine::EngineKind;
 use syncrelay_node::tools;
 
 /// mimalloc instead of the system allocator: ingest and serving allocate per entry on every core,
@@ -40,7 +41,7 @@ enum Command {
         #[arg(long, default_value_t = 25)]
         batch: usize,
     },
-    /// Run the node. Without flags: an origin on 127.0.0.1:1661 with its sled store under ./data.
+    /// Run the node. Without flags: an origin on 127.0.0.1:1661 with its store under ./data.
     Serve {
         /// Node configuration (YAML); flags override its values.
         #[arg(long, short, env = "SYNCRELAY_CONFIG")]
@@ -57,8 +58,12 @@ enum Command {
         /// Log format.
         #[arg(long, value_enum)]
         log_format: Option<LogFormatArg>,
+        /// Storage: `memory`, or the on-disk engine of a new data directory (an existing one
+        /// keeps the engine it was written with).
+        #[arg(long, value_enum)]
+        storage: Option<StorageArg>,
     },
-    /// Pull or push one database between a local sled store and a node, acting as a user or node
+    /// Pull or push one database between a local store (sled or fjall) and a node, acting as a user or node
     /// whose keys are in --keys. Repeated runs are incremental (the cursor is kept locally).
     Sync {
         #[arg(value_enum)]
@@ -73,9 +78,12 @@ enum Command {
         /// Store kind.
         #[arg(long, default_value = "docs")]
         kind: String,
-        /// Folder of the local sled store.
+        /// Folder of the local store.
         #[arg(long)]
         local: PathBuf,
+        /// Engine of a new local store (an existing folder keeps the engine it was written with).
+        #[arg(long, value_enum)]
+        engine: Option<EngineArg>,
         /// Folder with signing.pem and encryption.pem (as written by keygen).
         #[arg(long)]
         keys: PathBuf,
@@ -155,6 +163,19 @@ enum DirectionArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum EngineArg {
+    Sled,
+    Fjall,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StorageArg {
+    Sled,
+    Fjall,
+    Memory,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum LogFormatArg {
     Text,
     Json,
@@ -193,6 +214,7 @@ fn main() -> anyhow::Result<()> {
             data,
             directory,
             log_format,
+            storage,
         } => {
             let mut cfg = match &config {
                 Some(path) => NodeConfig::load(path)?,
@@ -206,6 +228,13 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(d) = directory {
                 cfg.directory_file = Some(d);
+            }
+            if let Some(s) = storage {
+                cfg.storage.kind = match s {
+                    StorageArg::Sled => StorageKind::Sled,
+                    StorageArg::Fjall => StorageKind::Fjall,
+                    StorageArg::Memory => StorageKind::Memory,
+                };
             }
             if let Some(f) = log_format {
                 cfg.log_format = match f {
@@ -228,6 +257,7 @@ fn main() -> anyhow::Result<()> {
             db,
             kind,
             local,
+            engine,
             keys,
             username,
             ca_file,
@@ -246,6 +276,11 @@ fn main() -> anyhow::Result<()> {
                 db: &db,
                 kind,
                 local: &local,
+                engine: match engine {
+                    Some(EngineArg::Sled) => EngineKind::Sled,
+                    Some(EngineArg::Fjall) => EngineKind::Fjall,
+                    None => EngineKind::default(),
+                },
                 keys: &keys,
                 username: &username,
                 ca_file: ca_file.as_deref(),

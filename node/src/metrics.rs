@@ -28,6 +28,10 @@ pub struct Metrics {
     compaction_ms: IntGaugeVec,
     last_compaction: IntGaugeVec,
     disk_bytes: IntGaugeVec,
+    /// The engine's own maintenance (fjall's LSM compactions; sled reports none).
+    engine_compactions: IntGaugeVec,
+    engine_compaction_seconds: prometheus::GaugeVec,
+    engine_tables: IntGaugeVec,
     /// Entries of the source past the sync cursor, per link, store and direction.
     pub sync_lag: IntGaugeVec,
     /// Seconds since the last successful sync pass with a link (refreshed on render).
@@ -177,6 +181,28 @@ impl Metrics {
                 "Bytes the storage backend occupies on disk",
                 &["backend"],
             ),
+            engine_compactions: gauge(
+                "syncrelay_storage_engine_compactions_total",
+                "Compactions the storage engine itself completed (fjall's LSM), since start",
+                &["backend"],
+            ),
+            engine_compaction_seconds: {
+                let g = prometheus::GaugeVec::new(
+                    prometheus::Opts::new(
+                        "syncrelay_storage_engine_compaction_seconds_total",
+                        "Time the storage engine itself spent compacting, since start",
+                    ),
+                    &["backend"],
+                )
+                .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            engine_tables: gauge(
+                "syncrelay_storage_engine_tables",
+                "Table files the storage engine holds now (fjall's LSM)",
+                &["backend"],
+            ),
             sync_lag: gauge(
                 "syncrelay_sync_lag_entries",
                 "Entries of the source past the sync cursor",
@@ -315,10 +341,22 @@ impl Metrics {
                     .set(c.last_compaction_at.unwrap_or(0) / 1000);
             }
         }
-        if let Some(bytes) = stores.size_on_disk() {
-            self.disk_bytes
-                .with_label_values(&["sled"])
-                .set(bytes as i64);
+        if let Some(engine) = stores.engine() {
+            let label = [engine.as_str()];
+            if let Some(bytes) = stores.size_on_disk() {
+                self.disk_bytes.with_label_values(&label).set(bytes as i64);
+            }
+            if let Some(m) = stores.engine_maintenance() {
+                self.engine_compactions
+                    .with_label_values(&label)
+                    .set(m.compactions as i64);
+                self.engine_compaction_seconds
+                    .with_label_values(&label)
+                    .set(m.compacting.as_secs_f64());
+                self.engine_tables
+                    .with_label_values(&label)
+                    .set(m.tables as i64);
+            }
         }
         let mut out = Vec::new();
         TextEncoder::new()

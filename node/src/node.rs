@@ -10,7 +10,7 @@ use anyhow::Context;
 use crate::auth::AuthService;
 use crate::client::cache::EdgeCache;
 use crate::client::SessionOptions;
-use crate::config::{NodeConfig, Role, StorageKind};
+use crate::config::{NodeConfig, Role};
 use crate::crypto::keys::Identity;
 use crate::directory::DirectoryHandle;
 use crate::metrics::Metrics;
@@ -18,7 +18,7 @@ use crate::roles::replication::{SyncQueue, UpstreamFeeds};
 use crate::roles::{self, Node, SharedNode};
 use crate::server::connections::{ConnectionLimits, LimitedAcceptor};
 use crate::server::{self, AppState, Limiters, SharedState};
-use crate::store::sled_compaction::CompactionThresholds;
+use crate::store::index_compaction::CompactionThresholds;
 use crate::store::{StorageBackend, StoreRegistry};
 use crate::sync::links::Links;
 
@@ -102,12 +102,12 @@ pub fn build_state(config: NodeConfig) -> anyhow::Result<SharedState> {
         auth_secret(config.auth.secret_file.as_deref())?,
         &config.auth,
     );
-    let stores = match config.storage.kind {
-        StorageKind::Memory => StoreRegistry::memory(),
-        StorageKind::Sled => {
+    let stores = match config.storage.kind.engine() {
+        None => StoreRegistry::memory(),
+        Some(engine) => {
             let dir = config.data_dir.join("store");
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let backend = StorageBackend::sled(&dir, config.storage.cache_capacity_bytes)?;
+            let backend = StorageBackend::open(&dir, engine, config.storage.cache_capacity_bytes)?;
             let c = &config.storage.compaction;
             StoreRegistry::new(backend, Some(config.data_dir.clone()))
                 .with_space_guard(dir, config.storage.min_free_bytes)

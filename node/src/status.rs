@@ -44,6 +44,10 @@ pub struct NodeStatus {
     /// Distinct payload bytes held, over all stores: what the disk use is for.
     #[serde(default)]
     pub payload_bytes: u64,
+    /// The on-disk engine (`sled` or `fjall`; absent for the memory store): the one the data
+    /// directory was written with, which may differ from `storage.kind`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_engine: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

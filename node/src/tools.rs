@@ -1,4 +1,4 @@
-//! Commands for people: `syncrelay-node sync pull|push` between a local sled store and a node, with
+//! Commands for people: `syncrelay-node sync pull|push` between a local store and a node, with
 //! a progress bar, and `syncrelay-node status URL`, a readable table of a node's `/status`.
 
 use std::path::Path;
@@ -27,8 +27,10 @@ pub struct SyncArgs<'a> {
     pub tenant: &'a str,
     pub db: &'a str,
     pub kind: StoreKind,
-    /// Folder of the local sled store (created when missing).
+    /// Folder of the local store (created when missing).
     pub local: &'a Path,
+    /// The engine of a new local store (an existing one keeps its own).
+    pub engine: crate::store::engine::EngineKind,
     /// Folder with `signing.pem` and `encryption.pem` of the user (or node) to act as.
     pub keys: &'a Path,
     pub username: &'a str,
@@ -46,7 +48,10 @@ pub async fn sync(args: SyncArgs<'_>) -> anyhow::Result<()> {
     )?;
     let id = StoreId::new(args.tenant, args.db, args.kind)?;
     std::fs::create_dir_all(args.local)?;
-    let registry = StoreRegistry::new(StorageBackend::sled(args.local, 64 << 20)?, None);
+    let registry = StoreRegistry::new(
+        StorageBackend::open(args.local, args.engine, 64 << 20)?,
+        None,
+    );
     let direction = args.direction;
     let report = sync_store(&registry, session, args.url, &id, direction, true).await?;
     let direction = direction.as_str();

@@ -6,12 +6,22 @@ use common::*;
 use serde_json::json;
 
 #[tokio::test]
-async fn acknowledged_entries_survive_kill_9() {
+async fn acknowledged_entries_survive_kill_9_on_sled() {
+    acknowledged_entries_survive_kill_9("sled").await
+}
+
+#[tokio::test]
+async fn acknowledged_entries_survive_kill_9_on_fjall() {
+    acknowledged_entries_survive_kill_9("fjall").await
+}
+
+async fn acknowledged_entries_survive_kill_9(engine: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    prepare(tmp.path(), "");
+    prepare(tmp.path(), &format!("storage:\n  kind: {engine}\n"));
     let node = Node::start_in(tmp.path());
     let mut c = node.client();
     c.login("alice").await;
+    assert_eq!(c.get("/status").await.json()["storageEngine"], engine);
     let mut acked = Vec::new();
     for round in 0..5 {
         let batch: Vec<_> = (0..40)
@@ -158,11 +168,22 @@ async fn check_index(c: &Client, acked: &[(String, &str)], docs: &[&str]) {
 /// milliseconds later, while the next merge is being planned, applied or flushed. Every restart
 /// finds every acknowledged entry once, in receiptOrder, with document indexes that agree.
 #[tokio::test]
-async fn kill_9_during_index_compaction_loses_nothing() {
+async fn kill_9_during_index_compaction_loses_nothing_on_sled() {
+    kill_9_during_index_compaction_loses_nothing("sled").await
+}
+
+#[tokio::test]
+async fn kill_9_during_index_compaction_loses_nothing_on_fjall() {
+    kill_9_during_index_compaction_loses_nothing("fjall").await
+}
+
+async fn kill_9_during_index_compaction_loses_nothing(engine: &str) {
     let tmp = tempfile::tempdir().unwrap();
     prepare(
         tmp.path(),
-        "storage:\n  compaction: {minKeys: 2, targetEntries: 16, intervalMs: 100}\n",
+        &format!(
+            "storage:\n  kind: {engine}\n  compaction: {{minKeys: 2, targetEntries: 16, intervalMs: 100}}\n"
+        ),
     );
     let docs = ["d0", "d1", "d2"];
     let mut acked: Vec<(String, &str)> = Vec::new();
@@ -185,6 +206,7 @@ async fn kill_9_during_index_compaction_loses_nothing() {
         let node = Node::start_in(tmp.path());
         let mut c = node.client();
         c.login("alice").await;
+        assert_eq!(c.get("/status").await.json()["storageEngine"], engine);
         check_index(&c, &acked, &docs).await;
         for n in 0..12 {
             acked.push(push(&c, round * 100 + n).await);

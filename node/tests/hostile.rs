@@ -710,10 +710,19 @@ impl Drop for SmallDisk {
 /// the full disk, reads go on, readiness fails while it lasts, and writes work again once there is
 /// room — every acknowledged entry still there.
 #[tokio::test]
-async fn a_full_disk_is_an_error_and_the_node_recovers() {
+async fn a_full_disk_is_an_error_and_the_node_recovers_on_sled() {
+    a_full_disk_is_an_error_and_the_node_recovers("sled").await
+}
+
+#[tokio::test]
+async fn a_full_disk_is_an_error_and_the_node_recovers_on_fjall() {
+    a_full_disk_is_an_error_and_the_node_recovers("fjall").await
+}
+
+async fn a_full_disk_is_an_error_and_the_node_recovers(engine: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let disk = SmallDisk::mount(&tmp.path().join("disk"), 256 << 20);
-    prepare(tmp.path(), "");
+    prepare(tmp.path(), &format!("storage:\n  kind: {engine}\n"));
     // The node's data directory on the small disk.
     std::os::unix::fs::symlink(disk.path.join("data"), tmp.path().join("data")).unwrap();
     std::fs::create_dir_all(disk.path.join("data")).unwrap();

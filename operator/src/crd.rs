@@ -11,6 +11,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use syncrelay_node::config::{DatabaseRef, Role, SyncConfig, UpstreamMode};
+use syncrelay_node::store::engine::EngineKind;
 
 pub const GROUP: &str = "syncrelay.io";
 /// Port every node listens on inside its pod (the reference server's default).
@@ -155,6 +156,10 @@ pub struct StorageSpec {
     /// StorageClass of the PVCs; the cluster's default class when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+    /// The on-disk engine of a new volume (`sled` or `fjall`; unset: the node's default). A volume
+    /// keeps the engine it was first written with: changing this later affects new volumes only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<EngineKind>,
 }
 
 fn default_storage_size() -> String {
@@ -166,6 +171,7 @@ impl Default for StorageSpec {
         StorageSpec {
             size: default_storage_size(),
             storage_class_name: None,
+            kind: None,
         }
     }
 }

@@ -70,5 +70,6 @@ pub async fn node_status(node: &Node) -> NodeStatus {
         held_entries: replication::held_entries(node),
         disk_bytes: node.stores.size_on_disk(),
         payload_bytes,
+        storage_engine: node.stores.engine().map(|e| e.as_str().to_string()),
     }
 }

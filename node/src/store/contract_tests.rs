@@ -1,7 +1,8 @@
 //! The store contract, run against every implementation.
 
+use super::disk_store::DiskStore;
+use super::engine::{fjall::FjallEngine, sled::SledEngine, Engine};
 use super::memory::MemoryStore;
-use super::sled_store::SledStore;
 use super::*;
 use crate::wire::{b64::B64, content_hash, StoreKind};
 
@@ -35,13 +36,13 @@ pub(crate) fn entry(id: &str, doc: &str, deps: &[&str], entry_type: &str, payloa
     }
 }
 
-/// Opens a sled directory the test has just closed. sled's background flusher releases the
-/// directory's file lock shortly after the last handle is dropped, so the lock is polled for (with a
-/// deadline) rather than assumed free.
-async fn reopen(path: &std::path::Path) -> sled::Db {
+/// Opens an engine's directory, which the test may have just closed: engines release the
+/// directory's lock from background threads shortly after the last handle is dropped, so it is
+/// polled for (with a deadline) rather than assumed free.
+async fn reopen<E: Engine>(path: &std::path::Path) -> E {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match sled::open(path) {
+        match E::open(path, 16 << 20) {
             Ok(db) => return db,
             Err(_) if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -50,6 +51,36 @@ async fn reopen(path: &std::path::Path) -> sled::Db {
         }
     }
 }
+
+/// Runs each named generic test (`async fn name<E: Engine>()`) once per on-disk engine.
+macro_rules! on_every_engine {
+    ($($test:ident),* $(,)?) => {
+        mod sled_engine {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test::<super::SledEngine>().await
+                }
+            )*
+        }
+        mod fjall_engine {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test::<super::FjallEngine>().await
+                }
+            )*
+        }
+    };
+}
+
+on_every_engine!(
+    re_anchors_receipts_durably,
+    pages_across_batches,
+    meets_the_contract_and_persists,
+    readers_never_miss_an_entry_being_re_anchored,
+    index_compaction_reads_identically_and_reports_what_it_did,
+);
 
 fn sid() -> StoreId {
     StoreId::new("t", "db", StoreKind::Docs).unwrap()
@@ -474,15 +505,14 @@ async fn memory_store_meets_the_contract() {
     receipts_re_anchor(&MemoryStore::standalone(sid())).await;
 }
 
-#[tokio::test]
-async fn sled_store_re_anchors_receipts_durably() {
+async fn re_anchors_receipts_durably<E: Engine>() {
     let dir = tempfile::tempdir().unwrap();
     let (tx, _) = broadcast::channel(16);
     {
-        let store = SledStore::open(sled::open(dir.path()).unwrap(), sid(), tx.clone()).unwrap();
+        let store = DiskStore::open(reopen::<E>(dir.path()).await, sid(), tx.clone()).unwrap();
         receipts_re_anchor(&store).await;
     }
-    let store = SledStore::open(reopen(dir.path()).await, sid(), tx).unwrap();
+    let store = DiskStore::open(reopen::<E>(dir.path()).await, sid(), tx).unwrap();
     assert_eq!(store.get_store_head().await.unwrap().max_receipt_order, 8);
     assert_eq!(
         store.get_all_ids().await.unwrap(),
@@ -492,27 +522,25 @@ async fn sled_store_re_anchors_receipts_durably() {
     assert_eq!((r2.receipt_order, r2.received_at), (Some(8), Some(12)));
 }
 
-#[tokio::test]
-async fn sled_store_pages_across_batches() {
+async fn pages_across_batches<E: Engine>() {
     let dir = tempfile::tempdir().unwrap();
     let (tx, _) = broadcast::channel(16);
-    let store = SledStore::open(sled::open(dir.path()).unwrap(), sid(), tx).unwrap();
+    let store = DiskStore::open(reopen::<E>(dir.path()).await, sid(), tx).unwrap();
     paging_across_batches(&store).await;
 }
 
-#[tokio::test]
-async fn sled_store_meets_the_contract_and_persists() {
+async fn meets_the_contract_and_persists<E: Engine>() {
     let dir = tempfile::tempdir().unwrap();
     let (tx, _) = broadcast::channel(16);
     let epoch;
     {
-        let db = sled::open(dir.path()).unwrap();
-        let store = SledStore::open(db, sid(), tx.clone()).unwrap();
+        let db = reopen::<E>(dir.path()).await;
+        let store = DiskStore::open(db, sid(), tx.clone()).unwrap();
         contract(&store).await;
         epoch = store.get_store_head().await.unwrap().epoch;
     }
-    let db = reopen(dir.path()).await;
-    let store = SledStore::open(db, sid(), tx).unwrap();
+    let db = reopen::<E>(dir.path()).await;
+    let store = DiskStore::open(db, sid(), tx).unwrap();
     let head = store.get_store_head().await.unwrap();
     assert_eq!(head.epoch, epoch, "epoch persists");
     assert_eq!(head.max_receipt_order, 3);
@@ -529,12 +557,11 @@ async fn sled_store_meets_the_contract_and_persists() {
 
 /// Readers running while receipts are applied see every entry exactly once, every time: a
 /// re-anchored entry is never at neither place (nor at both).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sled_readers_never_miss_an_entry_being_re_anchored() {
+async fn readers_never_miss_an_entry_being_re_anchored<E: Engine>() {
     let dir = tempfile::tempdir().unwrap();
     let (tx, _) = broadcast::channel(1024);
     let store =
-        std::sync::Arc::new(SledStore::open(sled::open(dir.path()).unwrap(), sid(), tx).unwrap());
+        std::sync::Arc::new(DiskStore::open(reopen::<E>(dir.path()).await, sid(), tx).unwrap());
     let n = 200;
     let entries: Vec<Entry> = (0..n)
         .map(|i| entry(&format!("e{i:03}"), "doc", &[], "doc_create", &[i as u8, 1]))
@@ -639,9 +666,8 @@ async fn documents_agree_with_the_scan(store: &dyn ContentAddressedStore, docs: 
     }
 }
 
-#[tokio::test]
-async fn sled_index_compaction_reads_identically_and_reports_what_it_did() {
-    use super::sled_compaction::CompactionThresholds;
+async fn index_compaction_reads_identically_and_reports_what_it_did<E: Engine>() {
+    use super::index_compaction::CompactionThresholds;
     let dir = tempfile::tempdir().unwrap();
     let (tx, _) = broadcast::channel(1024);
     let thresholds = CompactionThresholds {
@@ -650,12 +676,12 @@ async fn sled_index_compaction_reads_identically_and_reports_what_it_did() {
         target_entries: 32,
     };
     let docs = ["a", "b", "c"];
-    let open = |db| {
-        SledStore::open(db, sid(), tx.clone())
+    let open = |db: E| {
+        DiskStore::open(db, sid(), tx.clone())
             .unwrap()
             .with_compaction(thresholds)
     };
-    let store = open(sled::open(dir.path()).unwrap());
+    let store = open(reopen::<E>(dir.path()).await);
     // 40 small pushes (one index key each, and one document key each), then receipts churning every
     // other entry of the first 20 (two more keys, and tombstones in ten of the first ones).
     for n in 0..40u8 {
@@ -742,7 +768,7 @@ async fn sled_index_compaction_reads_identically_and_reports_what_it_did() {
 
     // What is on disk reads the same after a restart.
     drop(store);
-    let store = open(reopen(dir.path()).await);
+    let store = open(reopen::<E>(dir.path()).await);
     assert_eq!(observable(&store, &docs).await, after_receipts);
     documents_agree_with_the_scan(&store, &docs).await;
     // The figures are the process's own (spec §7.4). The first look finds the late receipts' key

@@ -12,11 +12,12 @@
 //! The derived operations (find-new-entries, find-entries, all ids, bloom, resolve dependencies) have
 //! default implementations in terms of the primitives, so a new store only implements those.
 
+pub mod disk_store;
+pub mod engine;
 pub mod health;
+pub mod index_compaction;
 pub mod memory;
 pub mod registry;
-pub mod sled_compaction;
-pub mod sled_store;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -36,11 +37,11 @@ pub use registry::{StorageBackend, StoreRegistry};
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("sled error in store {store}: {source}")]
-    Sled {
+    #[error("storage engine error in store {store}: {source}")]
+    Engine {
         store: String,
         #[source]
-        source: sled::Error,
+        source: engine::EngineError,
     },
     #[error("corrupt record in store {store}: {detail}")]
     Corrupt { store: String, detail: String },
@@ -81,28 +82,19 @@ impl StoreError {
     /// The storage itself failed (disk full, I/O error), not the request: writes are refused
     /// until it recovers, reads may still work.
     pub fn is_storage_failure(&self) -> bool {
-        matches!(
-            self,
-            StoreError::DiskFull { .. }
-                | StoreError::Sled {
-                    source: sled::Error::Io(_) | sled::Error::ReportableBug(_),
-                    ..
-                }
-        )
+        matches!(self, StoreError::DiskFull { .. })
+            || matches!(self, StoreError::Engine { source, .. } if source.is_storage_failure())
     }
 
     /// A full disk (ENOSPC) or quota (EDQUOT) among the causes.
     pub fn is_disk_full(&self) -> bool {
         match self {
             StoreError::DiskFull { .. } => true,
-            StoreError::Sled {
-                source: sled::Error::Io(io),
-                ..
-            } => {
+            StoreError::Engine { source, .. } => source.io().is_some_and(|io| {
                 io.kind() == std::io::ErrorKind::StorageFull
                     || matches!(io.raw_os_error(), Some(28) | Some(122))
                     || io.to_string().contains("No space left")
-            }
+            }),
             _ => false,
         }
     }

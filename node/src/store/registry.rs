@@ -7,32 +7,112 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
+use super::disk_store::DiskStore;
+use super::engine::fjall::FjallEngine;
+use super::engine::sled::SledEngine;
+use super::engine::{self, Engine, EngineError, EngineKind, EngineMaintenance, Tree};
 use super::health::SpaceGuard;
+use super::index_compaction::CompactionThresholds;
 use super::memory::MemoryStore;
-use super::sled_compaction::CompactionThresholds;
-use super::sled_store::SledStore;
 use super::{ContentAddressedStore, StoreChange, StoreError};
 use crate::wire::StoreId;
 
 /// Where a registry keeps its stores.
 pub enum StorageBackend {
     Memory,
-    Sled(sled::Db),
+    Disk(Box<dyn DiskBackend>),
 }
 
 impl StorageBackend {
-    /// Opens the sled database in `dir` with a page cache of `cache_bytes`.
-    pub fn sled(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|source| StoreError::Sled {
-                store: dir.display().to_string(),
-                source,
-            })?;
-        Ok(StorageBackend::Sled(db))
+    /// Opens the database in `dir` with the engine its files show, or `default` for a new one
+    /// (a node keeps the engine its data directory was first written with), and a cache of
+    /// `cache_bytes`.
+    pub fn open(dir: &Path, default: EngineKind, cache_bytes: u64) -> Result<Self, StoreError> {
+        let on_disk = |source: EngineError| StoreError::Engine {
+            store: dir.display().to_string(),
+            source,
+        };
+        let kind = engine::detect(dir)
+            .map_err(|e| on_disk(e.into()))?
+            .unwrap_or(default);
+        if kind != default {
+            tracing::warn!(dir = %dir.display(), engine = kind.as_str(), configured = default.as_str(),
+                "the data directory was written with another engine than storage.kind names; keeping its engine");
+        }
+        Ok(StorageBackend::Disk(match kind {
+            EngineKind::Sled => Box::new(SledEngine::open(dir, cache_bytes).map_err(on_disk)?),
+            EngineKind::Fjall => Box::new(FjallEngine::open(dir, cache_bytes).map_err(on_disk)?),
+        }))
+    }
+
+    /// The engine, for an on-disk backend.
+    pub fn engine(&self) -> Option<EngineKind> {
+        match self {
+            StorageBackend::Memory => None,
+            StorageBackend::Disk(disk) => Some(disk.kind()),
+        }
+    }
+}
+
+/// What the registry needs of an [`Engine`], without naming which one.
+pub trait DiskBackend: Send + Sync {
+    fn kind(&self) -> EngineKind;
+    fn open_store(
+        &self,
+        id: &StoreId,
+        changes: broadcast::Sender<StoreChange>,
+        space: Option<Arc<SpaceGuard>>,
+        thresholds: CompactionThresholds,
+    ) -> Result<SharedStore, StoreError>;
+    fn tree_names(&self) -> Vec<String>;
+    fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError>;
+    fn insert(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), EngineError>;
+    fn flush(&self) -> futures::future::BoxFuture<'_, Result<(), EngineError>>;
+    fn size_on_disk(&self) -> Result<u64, EngineError>;
+    fn maintenance(&self) -> Option<EngineMaintenance>;
+}
+
+impl<E: Engine> DiskBackend for E {
+    fn kind(&self) -> EngineKind {
+        E::KIND
+    }
+
+    fn open_store(
+        &self,
+        id: &StoreId,
+        changes: broadcast::Sender<StoreChange>,
+        space: Option<Arc<SpaceGuard>>,
+        thresholds: CompactionThresholds,
+    ) -> Result<SharedStore, StoreError> {
+        Ok(Arc::new(
+            DiskStore::open(self.clone(), id.clone(), changes)?
+                .with_space_guard(space)
+                .with_compaction(thresholds),
+        ))
+    }
+
+    fn tree_names(&self) -> Vec<String> {
+        Engine::tree_names(self)
+    }
+
+    fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        Ok(self.open_tree(tree)?.get(key)?.map(|v| v.as_ref().to_vec()))
+    }
+
+    fn insert(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
+        self.open_tree(tree)?.insert(key, value)
+    }
+
+    fn flush(&self) -> futures::future::BoxFuture<'_, Result<(), EngineError>> {
+        Box::pin(Engine::flush(self))
+    }
+
+    fn size_on_disk(&self) -> Result<u64, EngineError> {
+        Engine::size_on_disk(self)
+    }
+
+    fn maintenance(&self) -> Option<EngineMaintenance> {
+        Engine::maintenance(self)
     }
 }
 
@@ -45,13 +125,13 @@ pub struct StoreRegistry {
     stores: Mutex<HashMap<StoreId, SharedStore>>,
     changes: broadcast::Sender<StoreChange>,
     data_dir: Option<PathBuf>,
-    /// Sync cursors of the memory backend (the sled backend keeps them in its `syncstate` tree).
+    /// Sync cursors of the memory backend (an on-disk backend keeps them in its `syncstate` tree).
     sync_state: Mutex<HashMap<String, Vec<u8>>>,
     /// Databases a tenant may have; opening a store of a further one is refused.
     max_databases_per_tenant: usize,
-    /// Checked before every write of the sled backend (stores and sync state).
+    /// Checked before every write of an on-disk backend (stores and sync state).
     space: Option<Arc<SpaceGuard>>,
-    /// When the sled stores' index maintenance merges keys.
+    /// When the on-disk stores' index maintenance merges keys.
     compaction: CompactionThresholds,
 }
 
@@ -75,7 +155,7 @@ impl StoreRegistry {
         self
     }
 
-    /// Sets when the sled stores' index maintenance merges keys.
+    /// Sets when the on-disk stores' index maintenance merges keys.
     pub fn with_compaction(mut self, thresholds: CompactionThresholds) -> Self {
         self.compaction = thresholds;
         self
@@ -86,8 +166,8 @@ impl StoreRegistry {
     pub fn empty_view(&self, id: &StoreId) -> SharedStore {
         let compaction = match self.backend {
             StorageBackend::Memory => Default::default(),
-            StorageBackend::Sled(_) => {
-                super::sled_compaction::CompactionFigures::default().status(&self.compaction)
+            StorageBackend::Disk(_) => {
+                super::index_compaction::CompactionFigures::default().status(&self.compaction)
             }
         };
         Arc::new(MemoryStore::empty_view(id.clone(), compaction))
@@ -166,11 +246,12 @@ impl StoreRegistry {
         }
         let store: SharedStore = match &self.backend {
             StorageBackend::Memory => Arc::new(MemoryStore::new(id.clone(), self.changes.clone())),
-            StorageBackend::Sled(db) => Arc::new(
-                SledStore::open(db.clone(), id.clone(), self.changes.clone())?
-                    .with_space_guard(self.space.clone())
-                    .with_compaction(self.compaction),
-            ),
+            StorageBackend::Disk(disk) => disk.open_store(
+                id,
+                self.changes.clone(),
+                self.space.clone(),
+                self.compaction,
+            )?,
         };
         stores.insert(id.clone(), store.clone());
         Ok((store, true))
@@ -178,14 +259,11 @@ impl StoreRegistry {
 
     /// Opens every store that exists on disk (at startup, so metrics cover them all).
     pub fn open_existing(&self) -> Result<usize, StoreError> {
-        let StorageBackend::Sled(db) = &self.backend else {
+        let StorageBackend::Disk(disk) = &self.backend else {
             return Ok(0);
         };
         let mut opened = 0;
-        for name in db.tree_names() {
-            let Ok(name) = std::str::from_utf8(&name) else {
-                continue;
-            };
+        for name in disk.tree_names() {
             let parts: Vec<&str> = name.split('/').collect();
             if let ["store", tenant, db_id, kind] = parts[..] {
                 let kind = crate::wire::StoreKind::parse(kind);
@@ -201,13 +279,7 @@ impl StoreRegistry {
     /// A persisted sync cursor (see `roles::replication`).
     pub fn load_sync_state(&self, key: &str) -> Option<Vec<u8>> {
         match &self.backend {
-            StorageBackend::Sled(db) => db
-                .open_tree(SYNC_STATE_TREE)
-                .ok()?
-                .get(key)
-                .ok()
-                .flatten()
-                .map(|v| v.to_vec()),
+            StorageBackend::Disk(disk) => disk.get(SYNC_STATE_TREE, key.as_bytes()).ok().flatten(),
             StorageBackend::Memory => self
                 .sync_state
                 .lock()
@@ -224,16 +296,12 @@ impl StoreRegistry {
             space.check()?;
         }
         match &self.backend {
-            StorageBackend::Sled(db) => {
-                let sled_err = |source| StoreError::Sled {
+            StorageBackend::Disk(disk) => disk
+                .insert(SYNC_STATE_TREE, key.as_bytes(), value)
+                .map_err(|source| StoreError::Engine {
                     store: SYNC_STATE_TREE.into(),
                     source,
-                };
-                db.open_tree(SYNC_STATE_TREE)
-                    .map_err(sled_err)?
-                    .insert(key, value)
-                    .map_err(sled_err)?;
-            }
+                })?,
             StorageBackend::Memory => {
                 self.sync_state
                     .lock()
@@ -266,8 +334,8 @@ impl StoreRegistry {
 
     /// Flushes everything (graceful shutdown).
     pub async fn flush_all(&self) -> Result<(), StoreError> {
-        if let StorageBackend::Sled(db) = &self.backend {
-            db.flush_async().await.map_err(|source| StoreError::Sled {
+        if let StorageBackend::Disk(disk) = &self.backend {
+            disk.flush().await.map_err(|source| StoreError::Engine {
                 store: "all".into(),
                 source,
             })?;
@@ -279,11 +347,12 @@ impl StoreRegistry {
     /// answers reads (`Err` other than `DiskFull`: the engine failed for good — sled keeps an I/O
     /// error of its log writer and fails everything after it). Writes nothing.
     pub fn probe(&self) -> Result<(), StoreError> {
-        if let StorageBackend::Sled(db) = &self.backend {
-            db.get(b"probe").map_err(|source| StoreError::Sled {
-                store: "probe".into(),
-                source,
-            })?;
+        if let StorageBackend::Disk(disk) = &self.backend {
+            disk.get(SYNC_STATE_TREE, b"probe")
+                .map_err(|source| StoreError::Engine {
+                    store: "probe".into(),
+                    source,
+                })?;
         }
         if let Some(space) = &self.space {
             space.check()?;
@@ -294,12 +363,90 @@ impl StoreRegistry {
     /// Bytes the backend occupies on disk, if it is on disk.
     pub fn size_on_disk(&self) -> Option<u64> {
         match &self.backend {
-            StorageBackend::Sled(db) => db.size_on_disk().ok(),
+            StorageBackend::Disk(disk) => disk.size_on_disk().ok(),
+            StorageBackend::Memory => None,
+        }
+    }
+
+    /// The on-disk engine, if the backend is on disk.
+    pub fn engine(&self) -> Option<EngineKind> {
+        self.backend.engine()
+    }
+
+    /// What the engine did on its own to reclaim space, where it reports that.
+    pub fn engine_maintenance(&self) -> Option<EngineMaintenance> {
+        match &self.backend {
+            StorageBackend::Disk(disk) => disk.maintenance(),
             StorageBackend::Memory => None,
         }
     }
 
     pub fn data_dir(&self) -> Option<&Path> {
         self.data_dir.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::StoreKind;
+
+    /// A data directory keeps the engine it was written with, whatever the configured default; a
+    /// new one gets the default.
+    #[tokio::test]
+    async fn a_data_directory_keeps_its_engine() {
+        let id = StoreId::new("t", "db", StoreKind::Docs).unwrap();
+        for (written, configured) in [
+            (EngineKind::Sled, EngineKind::Fjall),
+            (EngineKind::Fjall, EngineKind::Sled),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let registry = StoreRegistry::new(
+                    StorageBackend::open(dir.path(), written, 1 << 20).unwrap(),
+                    None,
+                );
+                assert_eq!(registry.engine(), Some(written));
+                let store = registry.open(&id).unwrap();
+                store
+                    .put_entries(vec![crate::store::contract_tests::entry(
+                        "a",
+                        "d",
+                        &[],
+                        "doc_create",
+                        b"x",
+                    )])
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(engine::detect(dir.path()).unwrap(), Some(written));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let backend = loop {
+                match StorageBackend::open(dir.path(), configured, 1 << 20) {
+                    Ok(b) => break b,
+                    // The engine releases its lock from a background thread.
+                    Err(_) if std::time::Instant::now() < deadline => {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                    }
+                    Err(e) => panic!("reopen: {e}"),
+                }
+            };
+            let registry = StoreRegistry::new(backend, None);
+            assert_eq!(
+                registry.engine(),
+                Some(written),
+                "configured {configured:?}"
+            );
+            assert_eq!(registry.open_existing().unwrap(), 1);
+            let store = registry.get(&id).unwrap();
+            assert_eq!(store.get_all_ids().await.unwrap(), vec!["a"]);
+        }
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(engine::detect(empty.path()).unwrap(), None);
+        std::fs::write(empty.path().join("stray"), b"x").unwrap();
+        assert!(
+            engine::detect(empty.path()).is_err(),
+            "files of no known engine are not taken for an empty directory"
+        );
     }
 }

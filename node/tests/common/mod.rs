@@ -144,6 +144,14 @@ impl Node {
         }
     }
 
+    /// SIGTERM, and waits for the graceful shutdown (stores flushed, engine closed).
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
     /// SIGKILL in place (the folder is kept by its owner).
     pub fn stop_hard(&mut self) {
         let _ = self.child.kill();

@@ -46,7 +46,10 @@ pub fn node_config(
         listen: ([0, 0, 0, 0], NODE_PORT as u16).into(),
         data_dir: PathBuf::from(paths::DATA_DIR),
         storage: StorageConfig {
-            kind: StorageKind::Sled,
+            kind: spec
+                .storage
+                .kind
+                .map_or(StorageConfig::default().kind, StorageKind::from),
             ..StorageConfig::default()
         },
         directory_file: Some(PathBuf::from(format!(

@@ -192,3 +192,37 @@ fn pods_are_locked_down_and_mount_what_the_config_names() {
     assert_eq!(probe.scheme.as_deref(), Some("HTTPS"));
     assert_eq!(probe.path.as_deref(), Some("/ready"));
 }
+
+#[test]
+fn storage_kind_names_the_engine_of_new_volumes() {
+    use syncrelay_node::config::{StorageConfig, StorageKind};
+    let (config, _) = render("o", &spec(Role::Origin, 1), &[]);
+    assert_eq!(config.storage.kind, StorageConfig::default().kind);
+    let with_kind = |kind: &str| {
+        serde_json::from_value::<SyncNodeSpec>(serde_json::json!({
+            "role": "origin", "replicas": 1, "directorySecret": "d",
+            "storage": {"size": "5Gi", "kind": kind}
+        }))
+    };
+    for (kind, expected) in [("fjall", StorageKind::Fjall), ("sled", StorageKind::Sled)] {
+        let (config, workload) = render("o", &with_kind(kind).unwrap(), &[]);
+        assert_eq!(config.storage.kind, expected);
+        assert!(config_yaml(&config).contains(&format!("kind: {kind}")));
+        let Workload::StatefulSet(s) = workload else {
+            panic!("an origin is a StatefulSet")
+        };
+        let claims = s.spec.unwrap().volume_claim_templates.unwrap();
+        let size = &claims[0]
+            .spec
+            .as_ref()
+            .unwrap()
+            .resources
+            .as_ref()
+            .unwrap()
+            .requests;
+        assert_eq!(size.as_ref().unwrap()["storage"].0, "5Gi");
+    }
+    // Memory is no engine for a volume, and unknown engines are refused.
+    assert!(with_kind("memory").is_err());
+    assert!(with_kind("rocksdb").is_err());
+}

@@ -1,5 +1,5 @@
-//! The on-disk store, on sled. One sled tree per store, keys by prefix:
-//!
+//! The on-disk store, over an [`Engine`] (sled or fjall: one store, two engines, the same bytes).
+//! One tree per store, keys by prefix:
 //! | key | value |
 //! |---|---|
 //! | `m` id | the entry's record, in one of two forms (below) |
@@ -21,17 +21,19 @@
 //! store of layout 2 is read as it is and re-stamped 3 on open.
 //!
 //! The scan and document indexes hold one key per *batch* rather than per entry: every sled key costs
-//! about as much to write as a whole 1 KiB record, and a batch's entries get consecutive
+//! about as much to write as a whole 1 KiB record (and in an LSM every key is written again by each
+//! compaction), and a batch's entries get consecutive
 //! receiptOrders, so entry `i` of the batch keyed `first` has receiptOrder `first + i`.
 //!
 //! Keeping the receiptOrder out of the JSON lets a batch be checked and serialised on every core
-//! before the write lock is taken; under the lock only numbering and the sled batch remain. A batch
-//! is one atomic sled batch, flushed before `put_entries` returns, under a per-store write lock.
+//! before the write lock is taken; under the lock only numbering and the engine's batch remain. A
+//! batch is one atomic engine batch, flushed before `put_entries` returns, under a per-store write lock.
 //! Readers see entries only up to the *durable watermark* (the highest receiptOrder whose batch has
 //! been flushed), so nothing is visible that a crash could take back and scans see receiptOrders in
 //! order without gaps.
 
 use std::collections::HashSet;
+use std::ops::Bound::{Excluded, Included};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,7 +43,8 @@ use bytes::Bytes;
 use rayon::prelude::*;
 use tokio::sync::broadcast;
 
-use super::sled_compaction::{
+use super::engine::{Engine, EngineError, Tree, WriteBatch};
+use super::index_compaction::{
     due, merge_lists, plan_merges, CompactionFigures, CompactionRun, CompactionThresholds, IndexKey,
 };
 use super::{
@@ -68,7 +71,7 @@ const LAYOUT_2: &[u8] = b"s:layout2";
 
 /// One index merge, ready to apply.
 struct Merge {
-    batch: sled::Batch,
+    batch: WriteBatch,
     removed_keys: u64,
     rewritten_bytes: u64,
 }
@@ -215,14 +218,14 @@ fn record_parts(raw: &[u8]) -> Option<(Range<usize>, Option<Range<usize>>)> {
     (raw.get(12) == Some(&b'{') && end <= raw.len()).then_some((12..end, Some(end..raw.len())))
 }
 
-fn read_u64(bytes: Option<sled::IVec>) -> u64 {
+fn read_u64(bytes: Option<impl AsRef<[u8]>>) -> u64 {
     bytes
         .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
         .map(u64::from_be_bytes)
         .unwrap_or(0)
 }
 
-/// Name of the sled tree holding a store.
+/// Name of the tree holding a store.
 pub fn tree_name(id: &StoreId) -> String {
     format!("store/{}/{}/{}", id.tenant_id, id.db_id, id.kind)
 }
@@ -263,31 +266,31 @@ fn prepare(entries: Vec<Entry>) -> Result<Vec<Prepared>, StoreError> {
 #[derive(Default)]
 struct Undo {
     recorded: HashSet<Vec<u8>>,
-    batch: sled::Batch,
+    batch: WriteBatch,
 }
 
 impl Undo {
     /// Records `key`'s value before the batch (`None`: absent); the first record of a key wins.
-    fn restore(&mut self, key: Vec<u8>, prior: Option<impl Into<sled::IVec>>) {
+    fn restore(&mut self, key: Vec<u8>, prior: Option<impl AsRef<[u8]>>) {
         if !self.recorded.insert(key.clone()) {
             return;
         }
         match prior {
-            Some(value) => self.batch.insert(key, value),
+            Some(value) => self.batch.insert(key, value.as_ref()),
             None => self.batch.remove(key),
         }
     }
 
-    fn into_batch(self) -> sled::Batch {
+    fn into_batch(self) -> WriteBatch {
         self.batch
     }
 }
 
-/// Reads at one visibility watermark; cheap to clone (sled trees are shared handles) and to create
+/// Reads at one visibility watermark; cheap to clone (trees are shared handles) and to create
 /// per read, so that a batch of reads can be taken into a CPU task.
 #[derive(Clone)]
-struct Reader {
-    tree: sled::Tree,
+struct Reader<T: Tree> {
+    tree: T,
     visible: u64,
     store: Arc<str>,
 }
@@ -301,17 +304,17 @@ fn wire_json(ro: u64, json: &[u8]) -> Vec<u8> {
 }
 
 /// A visible stored record: its receiptOrder, the value as stored and where its parts are.
-struct Record {
+struct Record<V> {
     ro: u64,
-    raw: sled::IVec,
+    raw: V,
     json: Range<usize>,
     /// `None` for a shared record.
     payload: Option<Range<usize>>,
 }
 
-impl Record {
+impl<V: std::ops::Deref<Target = [u8]> + AsRef<[u8]> + Clone + Send + Sync + 'static> Record<V> {
     fn json(&self) -> &[u8] {
-        &self.raw[self.json.clone()]
+        &self.raw.as_ref()[self.json.clone()]
     }
 
     /// The payload of an inline record, a view of the stored value.
@@ -321,7 +324,7 @@ impl Record {
     }
 }
 
-impl Reader {
+impl<T: Tree> Reader<T> {
     fn corrupt(&self, detail: String) -> StoreError {
         StoreError::Corrupt {
             store: self.store.to_string(),
@@ -329,16 +332,16 @@ impl Reader {
         }
     }
 
-    fn sled(&self, source: sled::Error) -> StoreError {
-        StoreError::Sled {
+    fn engine(&self, source: EngineError) -> StoreError {
+        StoreError::Engine {
             store: self.store.to_string(),
             source,
         }
     }
 
     /// The visible stored record of `id`.
-    fn record(&self, id: &str) -> Result<Option<Record>, StoreError> {
-        let Some(raw) = self.tree.get(meta_key(id)).map_err(|e| self.sled(e))? else {
+    fn record(&self, id: &str) -> Result<Option<Record<T::Value>>, StoreError> {
+        let Some(raw) = self.tree.get(&meta_key(id)).map_err(|e| self.engine(e))? else {
             return Ok(None);
         };
         let Some((json, payload)) = record_parts(&raw) else {
@@ -356,7 +359,7 @@ impl Reader {
     /// The payload of `id`, a shared record, found by its `content_hash`: under `p` (layout 2),
     /// else in the record that `q` names.
     fn shared_payload(&self, id: &str, content_hash: &str) -> Result<Bytes, StoreError> {
-        let get = |key: Vec<u8>| self.tree.get(key).map_err(|e| self.sled(e));
+        let get = |key: Vec<u8>| self.tree.get(&key).map_err(|e| self.engine(e));
         if let Some(stored) = get(payload_key(content_hash))? {
             return Ok(Bytes::from_owner(stored));
         }
@@ -423,12 +426,12 @@ impl Reader {
     }
 }
 
-pub struct SledStore {
+pub struct DiskStore<E: Engine> {
     id: StoreId,
     /// `id` as text, for errors (kept so that a read does not format it).
     name: Arc<str>,
-    db: sled::Db,
-    tree: sled::Tree,
+    db: E,
+    tree: E::Tree,
     epoch: String,
     /// Written by layout 2: payloads may be under `p` too (checked at ingest for dedup).
     has_layout_2: bool,
@@ -442,9 +445,9 @@ pub struct SledStore {
     visible: AtomicU64,
     changes: broadcast::Sender<StoreChange>,
     bloom_cache: Mutex<Option<(u64, BloomSummary)>>,
-    /// Refuses writes before they reach sled when the disk is (nearly) full.
+    /// Refuses writes before they reach the engine when the disk is (nearly) full.
     space: Option<Arc<super::health::SpaceGuard>>,
-    /// When the index maintenance merges keys ([`super::sled_compaction`]).
+    /// When the index maintenance merges keys ([`super::index_compaction`]).
     thresholds: CompactionThresholds,
     /// What it has done since the process started.
     figures: Mutex<CompactionFigures>,
@@ -456,32 +459,29 @@ pub struct SledStore {
     settled_before: AtomicU64,
 }
 
-impl SledStore {
+impl<E: Engine> DiskStore<E> {
     /// Opens (creating if needed) the store `id` inside `db`.
     pub fn open(
-        db: sled::Db,
+        db: E,
         id: StoreId,
         changes: broadcast::Sender<StoreChange>,
     ) -> Result<Self, StoreError> {
-        let err = |source| StoreError::Sled {
+        let err = |source| StoreError::Engine {
             store: id.to_string(),
             source,
         };
-        let tree = db.open_tree(tree_name(&id)).map_err(err)?;
+        let tree = db.open_tree(&tree_name(&id)).map_err(err)?;
         let epoch = match tree.get(EPOCH).map_err(err)? {
-            Some(e) => String::from_utf8(e.to_vec()).map_err(|_| StoreError::Corrupt {
+            Some(e) => String::from_utf8(e.as_ref().to_vec()).map_err(|_| StoreError::Corrupt {
                 store: id.to_string(),
                 detail: "epoch is not UTF-8".into(),
             })?,
             None => {
+                // The registry opens each store once, under its lock: no other opener races.
                 let e = new_epoch();
-                // Only set the epoch if no other opener raced us; then make it durable.
-                let _ = tree
-                    .compare_and_swap(EPOCH, None as Option<&[u8]>, Some(e.as_bytes()))
-                    .map_err(err)?;
-                db.flush().map_err(err)?;
-                let stored = tree.get(EPOCH).map_err(err)?.expect("epoch just written");
-                String::from_utf8_lossy(&stored).into_owned()
+                tree.insert(EPOCH, e.as_bytes()).map_err(err)?;
+                db.flush_blocking().map_err(err)?;
+                e
             }
         };
         let visible = read_u64(tree.get(MAX).map_err(err)?);
@@ -498,11 +498,11 @@ impl SledStore {
             // Its records stay readable; the new stamp keeps older nodes, which cannot read the
             // inline records written from now on, from opening it.
             Some(f) if f.as_ref() == READABLE_FORMAT => {
-                let mut stamp = sled::Batch::default();
+                let mut stamp = WriteBatch::default();
                 stamp.insert(FORMAT, FORMAT_VERSION);
                 stamp.insert(LAYOUT_2, &b"1"[..]);
-                tree.apply_batch(stamp).map_err(err)?;
-                db.flush().map_err(err)?;
+                tree.apply(stamp).map_err(err)?;
+                db.flush_blocking().map_err(err)?;
             }
             None if visible == 0 => {
                 tree.insert(FORMAT, FORMAT_VERSION).map_err(err)?;
@@ -518,7 +518,7 @@ impl SledStore {
                 });
             }
         }
-        Ok(SledStore {
+        Ok(DiskStore {
             name: id.to_string().into(),
             id,
             db,
@@ -559,8 +559,8 @@ impl SledStore {
         }
     }
 
-    fn err(&self) -> impl Fn(sled::Error) -> StoreError + '_ {
-        move |source| StoreError::Sled {
+    fn err(&self) -> impl Fn(EngineError) -> StoreError + '_ {
+        move |source| StoreError::Engine {
             store: self.name.to_string(),
             source,
         }
@@ -587,7 +587,7 @@ impl SledStore {
     async fn read_all<T: Send + 'static>(
         &self,
         ids: &[String],
-        read: fn(&Reader, &str) -> Result<Option<T>, StoreError>,
+        read: fn(&Reader<E::Tree>, &str) -> Result<Option<T>, StoreError>,
     ) -> Result<Vec<T>, StoreError> {
         let _gate = self.reanchor_gate.read().await;
         let reader = self.reader();
@@ -603,7 +603,7 @@ impl SledStore {
     }
 
     /// A snapshot of what reads need, to take into a CPU task.
-    fn reader(&self) -> Reader {
+    fn reader(&self) -> Reader<E::Tree> {
         Reader {
             tree: self.tree.clone(),
             visible: self.visible(),
@@ -620,7 +620,11 @@ impl SledStore {
         let after = cursor.map(|c| (c.receipt_order, c.id.clone()));
         // Start at the batch holding the cursor's receiptOrder: the last batch key at or below it.
         let start = match &after {
-            Some((ro, _)) => match self.tree.range(batch_key(0)..=batch_key(*ro)).next_back() {
+            Some((ro, _)) => match self
+                .tree
+                .range(Included(&batch_key(0)), Included(&batch_key(*ro)))
+                .next_back()
+            {
                 Some(Ok((key, _))) => key.to_vec(),
                 _ => batch_key(0),
             },
@@ -628,7 +632,7 @@ impl SledStore {
         };
         let end = batch_key(visible.saturating_add(1));
         self.tree
-            .range(start..end)
+            .range(Included(&start), Excluded(&end))
             .map(move |item| -> Result<Vec<(u64, String)>, StoreError> {
                 let (key, value) = item.map_err(self.err())?;
                 let first = u64::from_be_bytes(
@@ -664,7 +668,7 @@ impl SledStore {
         &self,
         cursor: Option<&ScanCursor>,
         limit: usize,
-        mut keep: impl FnMut(&Reader, u64, String, &[u8]) -> Result<Option<T>, StoreError>,
+        mut keep: impl FnMut(&Reader<E::Tree>, u64, String, &[u8]) -> Result<Option<T>, StoreError>,
     ) -> Result<(Vec<T>, bool), StoreError> {
         let limit = limit.clamp(1, MAX_SCAN_PAGE);
         let reader = self.reader();
@@ -696,7 +700,7 @@ impl SledStore {
     /// to the next push of the same ids, which would then be acknowledged and never stored.
     async fn commit(
         &self,
-        mut batch: sled::Batch,
+        mut batch: WriteBatch,
         mut undo: Undo,
         first: u64,
         ids: IdList,
@@ -704,21 +708,21 @@ impl SledStore {
         last: u64,
     ) -> Result<(), StoreError> {
         batch.insert(batch_key(first), ids.0);
-        undo.restore(batch_key(first), None::<sled::IVec>);
+        undo.restore(batch_key(first), None::<&[u8]>);
         for (doc, ids) in doc_ids {
             let key = doc_batch_key(&doc, first);
             // Fresh positions: nothing was there before.
             batch.insert(key.clone(), ids.0);
-            undo.restore(key, None::<sled::IVec>);
+            undo.restore(key, None::<&[u8]>);
         }
         batch.insert(MAX, &last.to_be_bytes()[..]);
         undo.restore(MAX.to_vec(), self.tree.get(MAX).map_err(self.err())?);
-        let written = match self.tree.apply_batch(batch) {
-            Ok(()) => self.db.flush_async().await.map(|_| ()),
+        let written = match self.tree.apply(batch) {
+            Ok(()) => self.db.flush().await.map(|_| ()),
             Err(e) => Err(e),
         };
         if let Err(e) = written {
-            if let Err(undo_error) = self.tree.apply_batch(undo.into_batch()) {
+            if let Err(undo_error) = self.tree.apply(undo.into_batch()) {
                 tracing::error!(store = %self.name, error = %undo_error,
                     "could not undo a failed write in memory; the store stays unwritable until a restart");
             }
@@ -732,7 +736,7 @@ impl SledStore {
     /// How many scan-index and document-index keys the store holds.
     #[cfg(test)]
     pub(crate) fn index_key_counts(&self) -> (usize, usize) {
-        let count = |prefix: &[u8]| self.tree.scan_prefix(prefix).count();
+        let count = |prefix: &[u8]| self.tree.prefix(prefix).count();
         (count(b"o"), count(b"d"))
     }
 
@@ -740,12 +744,16 @@ impl SledStore {
     /// Positions are counted from the length bytes; no id is decoded.
     fn index_keys(&self, from: u64) -> Result<Vec<IndexKey>, StoreError> {
         let end = batch_key(self.visible().saturating_add(1));
-        let start = match self.tree.range(batch_key(0)..=batch_key(from)).next_back() {
+        let start = match self
+            .tree
+            .range(Included(&batch_key(0)), Included(&batch_key(from)))
+            .next_back()
+        {
             Some(item) => item.map_err(self.err())?.0.to_vec(),
             None => batch_key(0),
         };
         let mut keys = Vec::new();
-        for item in self.tree.range(start..end) {
+        for item in self.tree.range(Included(&start), Excluded(&end)) {
             let (key, value) = item.map_err(self.err())?;
             let first = u64::from_be_bytes(
                 key[1..]
@@ -765,7 +773,7 @@ impl SledStore {
     }
 
     /// Merges runs of small scan-index keys, and with them their documents' keys, when the
-    /// thresholds say it is due ([`super::sled_compaction`]). Each run is one atomic sled batch,
+    /// thresholds say it is due ([`super::index_compaction`]). Each run is one atomic batch,
     /// written under the write lock and applied under the re-anchoring gate: a crash leaves the old
     /// keys or the merged ones, and no reader walks a half-merged index. `None`: nothing merged.
     /// A pass that fails is retried by the next one, written to or not.
@@ -839,7 +847,7 @@ impl SledStore {
         };
         {
             let _gate = self.reanchor_gate.write().await;
-            self.tree.apply_batch(merge.batch).map_err(self.err())?;
+            self.tree.apply(merge.batch).map_err(self.err())?;
         }
         // Counted once applied: the merged index reads as the old one did, so an unflushed
         // merge needs no undo and becomes durable with the next flush.
@@ -851,7 +859,7 @@ impl SledStore {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
                 Some(w.saturating_sub(merged_away))
             });
-        self.db.flush_async().await.map_err(self.err())?;
+        self.db.flush().await.map_err(self.err())?;
         Ok(true)
     }
 
@@ -862,7 +870,7 @@ impl SledStore {
         let reader = self.reader();
         let mut values = Vec::with_capacity(firsts.len());
         for &first in firsts {
-            match self.tree.get(batch_key(first)).map_err(self.err())? {
+            match self.tree.get(&batch_key(first)).map_err(self.err())? {
                 Some(v) => values.push((first, v)),
                 None => return Ok(None),
             }
@@ -904,15 +912,16 @@ impl SledStore {
                 doc_of.insert(id, doc);
             }
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         for first in firsts {
             batch.remove(batch_key(*first));
         }
         for (key, expected) in &old_docs {
-            let stored = self.tree.get(key).map_err(self.err())?.unwrap_or_default();
+            let stored = self.tree.get(key).map_err(self.err())?;
+            let stored: &[u8] = stored.as_deref().unwrap_or_default();
             rewritten_bytes += stored.len() as u64;
             let ids =
-                IdList::decode(&stored).ok_or_else(|| self.corrupt("malformed document index"))?;
+                IdList::decode(stored).ok_or_else(|| self.corrupt("malformed document index"))?;
             if ids.len() != expected.len() || !ids.iter().all(|id| expected.contains(id)) {
                 return Err(
                     self.corrupt("a document index disagrees with the scan index; left as it is")
@@ -949,7 +958,7 @@ impl SledStore {
 }
 
 #[async_trait]
-impl ContentAddressedStore for SledStore {
+impl<E: Engine> ContentAddressedStore for DiskStore<E> {
     fn id(&self) -> &StoreId {
         &self.id
     }
@@ -963,7 +972,7 @@ impl ContentAddressedStore for SledStore {
         let mut ro = self.visible();
         let mut count = read_u64(self.tree.get(COUNT).map_err(self.err())?);
         let mut bytes = self.payload_bytes_total()?;
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         let mut inserted = Vec::new();
         let first = ro + 1;
         let mut batch_ids = IdList::default();
@@ -977,12 +986,12 @@ impl ContentAddressedStore for SledStore {
             .par_iter()
             .map(|entry| {
                 Ok((
-                    tree.contains_key(meta_key(&entry.id))?,
-                    tree.contains_key(holder_key(&entry.content_hash))?
-                        || (layout_2 && tree.contains_key(payload_key(&entry.content_hash))?),
+                    tree.contains_key(&meta_key(&entry.id))?,
+                    tree.contains_key(&holder_key(&entry.content_hash))?
+                        || (layout_2 && tree.contains_key(&payload_key(&entry.content_hash))?),
                 ))
             })
-            .collect::<Result<_, sled::Error>>()
+            .collect::<Result<_, EngineError>>()
             .map_err(self.err())?;
         let mut batch_hashes = HashSet::new();
         let mut undo = Undo::default();
@@ -997,14 +1006,14 @@ impl ContentAddressedStore for SledStore {
             let mut record = if !payload_held && batch_hashes.insert(entry.content_hash.clone()) {
                 bytes += entry.payload_len;
                 batch.insert(holder_key(&entry.content_hash), entry.id.as_bytes());
-                undo.restore(holder_key(&entry.content_hash), None::<sled::IVec>);
+                undo.restore(holder_key(&entry.content_hash), None::<&[u8]>);
                 entry.record
             } else {
                 encode_shared(0, &entry.record[entry.json.clone()])
             };
             record[..8].copy_from_slice(&ro.to_be_bytes());
             batch.insert(meta_key(&entry.id), record);
-            undo.restore(meta_key(&entry.id), None::<sled::IVec>);
+            undo.restore(meta_key(&entry.id), None::<&[u8]>);
             batch_ids.push(&entry.id);
             doc_ids.entry(entry.doc_id).or_default().push(&entry.id);
             seen.insert(entry.id.clone());
@@ -1033,7 +1042,7 @@ impl ContentAddressedStore for SledStore {
         let reader = self.reader();
         let mut ro = reader.visible;
         let first = ro + 1;
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         let mut batch_ids = IdList::default();
         let mut doc_ids: std::collections::BTreeMap<String, IdList> = Default::default();
         // Index values rewritten by this call, read once and changed in memory.
@@ -1058,7 +1067,7 @@ impl ContentAddressedStore for SledStore {
             let old_ro = found.ro;
             let (key, list) = match self
                 .tree
-                .range(batch_key(0)..=batch_key(old_ro))
+                .range(Included(&batch_key(0)), Included(&batch_key(old_ro)))
                 .next_back()
             {
                 Some(item) => item.map_err(self.err())?,
@@ -1130,11 +1139,11 @@ impl ContentAddressedStore for SledStore {
     }
 
     async fn get_entries(&self, ids: &[String]) -> Result<Vec<Entry>, StoreError> {
-        self.read_all(ids, Reader::entry).await
+        self.read_all(ids, Reader::<E::Tree>::entry).await
     }
 
     async fn get_entries_raw(&self, ids: &[String]) -> Result<Vec<RawEntry>, StoreError> {
-        self.read_all(ids, Reader::raw_entry).await
+        self.read_all(ids, Reader::<E::Tree>::raw_entry).await
     }
 
     async fn get_entry_metadata(&self, id: &str) -> Result<Option<EntryMetadata>, StoreError> {
@@ -1228,7 +1237,7 @@ impl ContentAddressedStore for SledStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await.map_err(self.err())?;
+        self.db.flush().await.map_err(self.err())?;
         Ok(())
     }
 
@@ -1260,7 +1269,7 @@ impl ContentAddressedStore for SledStore {
         let _gate = self.reanchor_gate.read().await;
         let have: HashSet<&str> = have_ids.iter().map(String::as_str).collect();
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix(doc_prefix(doc_id)) {
+        for item in self.tree.prefix(&doc_prefix(doc_id)) {
             let (_, value) = item.map_err(self.err())?;
             let ids = IdList::decode(&value)
                 .ok_or_else(|| self.corrupt(format!("malformed index of document {doc_id}")))?;
@@ -1281,6 +1290,7 @@ impl ContentAddressedStore for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::engine::sled::SledEngine;
     use crate::wire::StoreKind;
 
     #[test]
@@ -1319,14 +1329,14 @@ mod tests {
         tree.insert(EPOCH, "e").unwrap();
         tree.insert(MAX, &5u64.to_be_bytes()).unwrap();
         let (tx, _) = broadcast::channel(1);
-        let err = SledStore::open(db.clone(), id.clone(), tx.clone())
+        let err = DiskStore::open(SledEngine(db.clone()), id.clone(), tx.clone())
             .err()
             .expect("refused");
         assert!(err.to_string().contains("key layout 1"), "{err}");
         // A new store is stamped with the current layout and opens again.
         let other = StoreId::new("t", "db2", StoreKind::Docs).unwrap();
-        SledStore::open(db.clone(), other.clone(), tx.clone()).unwrap();
-        SledStore::open(db, other, tx).unwrap();
+        DiskStore::open(SledEngine(db.clone()), other.clone(), tx.clone()).unwrap();
+        DiskStore::open(SledEngine(db), other, tx).unwrap();
     }
 
     #[test]
@@ -1349,7 +1359,7 @@ mod tests {
     /// Rewrites `tree` as layout 2 left it: every record shared, payloads under `p` contentHash,
     /// no `q` keys, stamped 2.
     fn rewrite_as_layout_2(tree: &sled::Tree) {
-        for item in tree.scan_prefix(b"m") {
+        for item in tree.prefix(b"m") {
             let (key, raw) = item.unwrap();
             let (json, payload) = record_parts(&raw).unwrap();
             let Some(payload) = payload else { continue };
@@ -1361,7 +1371,7 @@ mod tests {
             shared[..8].copy_from_slice(&raw[..8]);
             tree.insert(key, shared).unwrap();
         }
-        for item in tree.scan_prefix(b"q") {
+        for item in tree.prefix(b"q") {
             tree.remove(item.unwrap().0).unwrap();
         }
         tree.insert(FORMAT, READABLE_FORMAT).unwrap();
@@ -1377,7 +1387,7 @@ mod tests {
         let (tx, _) = broadcast::channel(16);
         let ids: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
         let (entries, raw, page) = {
-            let store = SledStore::open(db.clone(), id.clone(), tx.clone()).unwrap();
+            let store = DiskStore::open(SledEngine(db.clone()), id.clone(), tx.clone()).unwrap();
             store
                 .put_entries(vec![
                     entry("a", "d1", &[], "doc_create", b"alpha"),
@@ -1397,16 +1407,16 @@ mod tests {
         };
         let tree = db.open_tree(tree_name(&id)).unwrap();
         assert_eq!(
-            tree.scan_prefix(b"q").count(),
+            tree.prefix(b"q").count(),
             2,
             "one payload per distinct hash"
         );
-        let c = tree.get(meta_key("c")).unwrap().unwrap();
+        let c = tree.get(&meta_key("c")).unwrap().unwrap();
         assert_eq!(record_parts(&c).unwrap().1, None, "c shares b's payload");
         rewrite_as_layout_2(&tree);
-        assert_eq!(tree.scan_prefix(b"p").count(), 2);
+        assert_eq!(tree.prefix(b"p").count(), 2);
 
-        let store = SledStore::open(db.clone(), id.clone(), tx).unwrap();
+        let store = DiskStore::open(SledEngine(db.clone()), id.clone(), tx).unwrap();
         assert_eq!(tree.get(FORMAT).unwrap().unwrap().as_ref(), FORMAT_VERSION);
         assert_eq!(store.get_entries(&ids).await.unwrap(), entries);
         let raw_again = store.get_entries_raw(&ids).await.unwrap();
@@ -1430,7 +1440,7 @@ mod tests {
             .await
             .unwrap();
         let form = |id: &str| {
-            record_parts(&tree.get(meta_key(id)).unwrap().unwrap())
+            record_parts(&tree.get(&meta_key(id)).unwrap().unwrap())
                 .unwrap()
                 .1
         };
