@@ -5,6 +5,7 @@
 //! a chain's topology), [`render`] (pure builders of every child object and of the node config, the
 //! one `syncrelay_node::config::NodeConfig` type the node reads).
 
+pub mod check;
 pub mod controller;
 pub mod crd;
 pub mod leader;

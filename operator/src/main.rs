@@ -39,12 +39,30 @@ enum Command {
         #[arg(long, env = "SYNCRELAY_NODE_IMAGE", default_value = syncrelay_operator::render::workload::DEFAULT_IMAGE)]
         node_image: String,
     },
+    /// Check that the operator answers ready and that the API server serves the CRDs (the chart's
+    /// `helm test` hook).
+    Check {
+        /// The operator's readiness URL (its metrics Service).
+        #[arg(long)]
+        ready_url: String,
+        /// Namespace to list SyncChains and SyncNodes in.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        namespace: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd => {
             print!("{}", syncrelay_operator::crd::crd_yaml()?);
+            Ok(())
+        }
+        Command::Check {
+            ready_url,
+            namespace,
+        } => {
+            tokio::runtime::Runtime::new()?
+                .block_on(syncrelay_operator::check::check(&ready_url, &namespace))?;
             Ok(())
         }
         Command::Run {

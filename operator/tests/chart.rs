@@ -155,6 +155,9 @@ fn chart_lints_templates_and_validates_values() {
     assert_eq!(default.matches("kind: CustomResourceDefinition").count(), 2);
     assert_eq!(default.matches("helm.sh/resource-policy: keep").count(), 2);
     assert!(!default.contains("--leader-election"));
+    // The `helm test` hook: the chart's own image checks the operator and the CRDs.
+    assert!(default.contains("helm.sh/hook: test"));
+    assert!(default.contains("- --ready-url=http://t-syncrelay-metrics.default.svc:8080/readyz"));
     assert!(
         default.contains("readOnlyRootFilesystem: true") && default.contains("drop: [\"ALL\"]")
     );
@@ -181,6 +184,7 @@ fn chart_lints_templates_and_validates_values() {
         "--leader-election",
         "kind: Role\n",
         "--namespace=sync",
+        "- check",
     ] {
         assert!(full.contains(expected), "{expected} missing");
     }

@@ -568,8 +568,12 @@ pub async fn run(node: SharedNode, shutdown: impl std::future::Future<Output = (
         };
         let mut work = node.sync_queue.take();
         if everything {
-            check_upstreams(&node, &links.upstreams, false).await;
-            for id in carried_stores(&node) {
+            // A node that carries no store yet has no sync pass to prove its upstreams: their
+            // answer to the chain check is all there is (else a failed first check, made before
+            // the upstream was up, would keep it unready for good).
+            let carried = carried_stores(&node);
+            check_upstreams(&node, &links.upstreams, carried.is_empty()).await;
+            for id in carried {
                 work.insert(
                     id,
                     Want {

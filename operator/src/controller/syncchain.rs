@@ -12,6 +12,7 @@ use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta};
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
+use syncrelay_node::crypto::keys::Identity;
 use syncrelay_node::directory::DirectoryFile;
 
 use super::conditions::{self, Want};
@@ -22,9 +23,20 @@ use crate::render;
 use crate::render::chain::{self, NodeKeys, CHAIN_LABEL};
 use crate::validate;
 
-/// The public keys of a node's generated identity, once its SyncNode reconciler created it.
-async fn node_keys(secrets: &Api<Secret>, node: &str) -> Result<Option<NodeKeys>, Error> {
-    let Some(secret) = secrets.get_opt(&render::identity_secret_name(node)).await? else {
+/// The public keys of the identity a node authenticates with: the Secret its upstream names
+/// (`identitySecret` of an external origin: private keys only, the public halves derived) or
+/// else the identity its SyncNode reconciler generated, once created.
+async fn node_keys(secrets: &Api<Secret>, node: &SyncNode) -> Result<Option<NodeKeys>, Error> {
+    let name = node.name_any();
+    let own = node
+        .spec
+        .upstreams
+        .iter()
+        .find_map(|u| u.identity_secret.clone());
+    let secret_name = own
+        .clone()
+        .unwrap_or_else(|| render::identity_secret_name(&name));
+    let Some(secret) = secrets.get_opt(&secret_name).await? else {
         return Ok(None);
     };
     let data = secret.data.unwrap_or_default();
@@ -32,13 +44,26 @@ async fn node_keys(secrets: &Api<Secret>, node: &str) -> Result<Option<NodeKeys>
         data.get(k)
             .map(|b| String::from_utf8_lossy(&b.0).into_owned())
     };
+    let keys = |signing_public_key, encryption_public_key| NodeKeys {
+        node: name.clone(),
+        signing_public_key,
+        encryption_public_key,
+    };
+    if own.is_some() {
+        return Ok(match (text("signing.pem"), text("encryption.pem")) {
+            (Some(s), Some(e)) => match Identity::from_pkcs8_pem(&s, &e) {
+                Ok(id) => Some(keys(id.signing_public_pem, id.encryption_public_pem)),
+                Err(e) => {
+                    tracing::warn!(node = %name, secret = %secret_name, error = %e, "identity Secret unreadable");
+                    None
+                }
+            },
+            _ => None,
+        });
+    }
     Ok(
         match (text("signing.pub.pem"), text("encryption.pub.pem")) {
-            (Some(s), Some(e)) => Some(NodeKeys {
-                node: node.into(),
-                signing_public_key: s,
-                encryption_public_key: e,
-            }),
+            (Some(s), Some(e)) => Some(keys(s, e)),
             _ => None,
         },
     )
@@ -146,7 +171,7 @@ pub async fn reconcile(chain: Arc<SyncChain>, ctx: Arc<Context>) -> Result<Actio
     };
     let mut keys = Vec::new();
     for node in &desired {
-        if let Some(k) = node_keys(&secrets, &node.name_any()).await? {
+        if let Some(k) = node_keys(&secrets, node).await? {
             keys.push(k);
         }
     }

@@ -36,8 +36,12 @@ pub const STATUS_URL_ANNOTATION: &str = "syncrelay.io/status-url";
 const REFRESH: Duration = Duration::from_secs(30);
 
 /// Server-side apply, skipped when this operator already applied the same content and nobody has
-/// changed the object since (same resourceVersion): a steady state costs reads, not writes. Another
-/// writer's change (or an operator restart) makes it apply again.
+/// changed the object since (same resourceVersion): a steady state costs reads, not writes. When
+/// that is not known (an operator restart, another writer's change), a dry run of the apply tells
+/// whether it would change anything; only then is it applied. Without the dry run a replacement
+/// operator rewrote every StatefulSet and Deployment: Kubernetes 1.20 treats an apply of their
+/// unchanged pod template as a change and stores it again with a new managedFields time (a write,
+/// a new resourceVersion, watch events), while Services and ConfigMaps were left alone.
 pub async fn apply<K>(ctx: &Context, api: &Api<K>, name: &str, object: &K) -> Result<K, Error>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
@@ -47,9 +51,28 @@ where
     let hash = hex::encode(&sha2::Sha256::digest(&body)[..12]);
     let namespace = object.meta().namespace.clone().unwrap_or_default();
     let key = format!("{}/{namespace}/{name}", K::kind(&()));
+    let remember = |applied: &K| {
+        if let Some(rv) = applied.resource_version() {
+            ctx.applied
+                .lock()
+                .expect("applied")
+                .insert(key.clone(), (hash.clone(), rv));
+        }
+    };
     if let Some(existing) = api.get_opt(name).await? {
         let seen = ctx.applied.lock().expect("applied").get(&key).cloned();
         if seen.is_some_and(|(h, rv)| h == hash && Some(rv) == existing.resource_version()) {
+            return Ok(existing);
+        }
+        let would_be = api
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force().dry_run(),
+                &Patch::Apply(object),
+            )
+            .await?;
+        if same_content(&existing, &would_be) {
+            remember(&existing);
             return Ok(existing);
         }
     }
@@ -60,10 +83,39 @@ where
             &Patch::Apply(object),
         )
         .await?;
-    if let Some(rv) = applied.resource_version() {
-        ctx.applied.lock().expect("applied").insert(key, (hash, rv));
-    }
+    remember(&applied);
     Ok(applied)
+}
+
+/// Whether two versions of an object hold the same content: everything but the bookkeeping an
+/// apply updates by itself (managedFields, resourceVersion).
+fn same_content<K: Serialize>(a: &K, b: &K) -> bool {
+    let content = |o: &K| {
+        let mut v = serde_json::to_value(o).unwrap_or_default();
+        if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            meta.remove("managedFields");
+            meta.remove("resourceVersion");
+        }
+        v
+    };
+    content(a) == content(b)
+}
+
+/// An HTTP client for `/status` that trusts the `ca.crt` of a node's TLS Secret (None when the
+/// Secret or its CA is missing or unreadable: the default client is used).
+async fn status_client_for(
+    client: &kube::Client,
+    namespace: &str,
+    secret: &str,
+) -> Option<reqwest::Client> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let data = secrets.get_opt(secret).await.ok()??.data?;
+    let ca = reqwest::Certificate::from_pem_bundle(&data.get("ca.crt")?.0).ok()?;
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(3));
+    for cert in ca {
+        builder = builder.add_root_certificate(cert);
+    }
+    builder.build().ok()
 }
 
 /// Marks the node Degraded with `message`, publishes a Warning Event, touches nothing else.
@@ -354,7 +406,13 @@ pub async fn reconcile(sn: Arc<SyncNode>, ctx: Arc<Context>) -> Result<Action, E
         .get(STATUS_URL_ANNOTATION)
         .cloned()
         .unwrap_or_else(|| format!("{endpoint}/status"));
-    let report = fetch_status(&ctx.http, &status_url).await;
+    // A TLS node's certificate is usually issued by a private CA (cert-manager): read its status
+    // trusting the `ca.crt` of its TLS Secret, as the next hop does.
+    let tls_client = match &sn.spec.tls {
+        Some(tls) => status_client_for(&client, &namespace, &tls.secret_name).await,
+        None => None,
+    };
+    let report = fetch_status(tls_client.as_ref().unwrap_or(&ctx.http), &status_url).await;
     let old = sn.status.clone().unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let (ready, ready_reason, ready_message) = match &report {
@@ -471,4 +529,33 @@ pub fn error_policy(sn: Arc<SyncNode>, error: &Error, ctx: Arc<Context>) -> Acti
     let delay = ctx.backoff(&key);
     tracing::warn!(object = %key, error = %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_content;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    fn config_map(value: serde_json::Value) -> ConfigMap {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn bookkeeping_alone_is_no_change() {
+        let live = config_map(serde_json::json!({
+            "metadata": {"name": "c", "resourceVersion": "7", "generation": 1,
+                "managedFields": [{"manager": "syncrelay-operator", "operation": "Apply", "time": "2026-12-06T00:51:07Z"}]},
+            "data": {"node.yaml": "a"}
+        }));
+        let mut dry_run = live.clone();
+        dry_run.metadata.resource_version = Some("8".into());
+        dry_run.metadata.managed_fields = None;
+        assert!(same_content(&live, &dry_run));
+        let mut changed = dry_run.clone();
+        changed.data = Some([("node.yaml".to_string(), "b".to_string())].into());
+        assert!(!same_content(&live, &changed));
+        let mut relabelled = dry_run;
+        relabelled.metadata.labels = Some([("x".to_string(), "y".to_string())].into());
+        assert!(!same_content(&live, &relabelled));
+    }
 }
