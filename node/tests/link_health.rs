@@ -185,6 +185,15 @@ async fn until_link(relay: &Client, within: Duration, what: &str, done: impl Fn(
     }
 }
 
+/// Entries the relay's pull passes have transferred from the link, once counted.
+async fn pulled(relay: &Client) -> Option<f64> {
+    sample(
+        &metrics(relay).await,
+        "syncrelay_sync_entries_total",
+        r#"direction="pull",link="origin""#,
+    )
+}
+
 fn state(l: &Value) -> &str {
     l["state"].as_str().unwrap_or("")
 }
@@ -220,8 +229,9 @@ async fn a_link_that_answers_but_moves_nothing_is_stalled_then_current_then_down
         .map(|n| signed_entry("alice", "doc-a", n, 256))
         .collect();
     writer.push(DB, &first).await;
-    eventually("20 entries at the relay", || async {
-        relay_entries(&relay).await == 20
+    // The pass is over when its transfers are counted (entries are visible as they are stored).
+    eventually("20 entries pulled by the relay", || async {
+        pulled(&relay).await == Some(20.0)
     })
     .await;
     until_link(
@@ -348,14 +358,15 @@ async fn a_link_that_answers_but_moves_nothing_is_stalled_then_current_then_down
     //    time they were held up.
     let stalled_for = refused_from.elapsed().as_secs_f64();
     proxy.refuse_transfers(false);
-    eventually("30 entries at the relay", || async {
-        relay_entries(&relay).await == 30
+    eventually("30 entries pulled by the relay", || async {
+        pulled(&relay).await == Some(30.0)
     })
     .await;
     until_link(&relay, Duration::from_secs(20), "current again", |l| {
         state(l) == "current" && l["lag"] == 0
     })
     .await;
+    assert_eq!(relay_entries(&relay).await, 30);
     let text = metrics(&relay).await;
     assert_eq!(
         sample(

@@ -34,6 +34,7 @@ fn default_replicas() -> i32 {
     printcolumn = r#"{"name":"Upstream","type":"string","jsonPath":".status.upstream"}"#,
     printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.lag"}"#,
     printcolumn = r#"{"name":"Disk","type":"integer","format":"int64","jsonPath":".status.diskBytes"}"#,
+    printcolumn = r#"{"name":"Delay","type":"number","jsonPath":".status.delaySeconds"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -196,6 +197,10 @@ pub struct SyncNodeStatus {
     /// Largest pull lag (entries) the node's pods report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+    /// Replication delay, p99 over the last 5 minutes, of the node's slowest link (seconds from
+    /// the origin's receipt of an entry to its storage here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_seconds: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries: Option<i64>,
     /// Bytes the answering pod's data directory occupies on disk (each replica holds a full copy).
@@ -220,6 +225,7 @@ pub struct SyncNodeStatus {
     printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".status.nodeCount"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.lag"}"#,
+    printcolumn = r#"{"name":"Delay","type":"number","jsonPath":".status.delaySeconds"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -280,6 +286,13 @@ pub struct SyncChainStatus {
     pub node_count: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+    /// The worst hop's p99 replication delay (seconds from the origin's receipt of an entry to its
+    /// storage at that hop, over the last 5 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_seconds: Option<f64>,
+    /// The node of that hop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_node: Option<String>,
     #[serde(default)]
     pub nodes: Vec<ChainNodeStatus>,
 }
@@ -292,6 +305,9 @@ pub struct ChainNodeStatus {
     pub ready: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+    /// The node's p99 replication delay (seconds; see `SyncNode.status.delaySeconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_seconds: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries: Option<i64>,
 }
