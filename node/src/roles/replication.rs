@@ -230,7 +230,13 @@ async fn sync_with_link(
             link,
         };
         let lag_before = link.figures(id).pull_lag;
-        let mut persist = |s: &SyncState, _: &engine::Progress| save_state(node, &key, s);
+        // A long pass (a large catch-up) is movement page by page, not only when it ends.
+        let mut persist = |s: &SyncState, p: &engine::Progress| {
+            save_state(node, &key, s);
+            if p.scanned > 0 {
+                link.note_movement();
+            }
+        };
         let result = engine::pull_changes_from(
             remote.as_ref(),
             local.as_ref(),

@@ -139,10 +139,7 @@ impl Link {
             Some(e) => errors.insert(id.clone(), e),
             None => errors.remove(id),
         };
-        errors
-            .iter()
-            .min_by_key(|(id, _)| id.to_string())
-            .map(|(_, e)| e.clone())
+        first_error(&errors)
     }
 
     /// Sets how long the link may stay behind without movement before it counts as stalled.
@@ -157,6 +154,16 @@ impl Link {
             .lock()
             .expect("tracker")
             .observe(crate::clock::now_ms(), observation);
+    }
+
+    /// Entries moved in a pass that is still running (a page of it is done).
+    pub fn note_movement(&self) {
+        let error = first_error(&self.pull_errors.lock().expect("pull errors"));
+        self.observe(Observation::Reachable {
+            lag: None,
+            moved: true,
+            error,
+        });
     }
 
     /// The link's state now.
@@ -396,6 +403,14 @@ impl Link {
             held: f.held(),
         }
     }
+}
+
+/// The pull error of the first store (by id) whose last pass failed.
+fn first_error(errors: &HashMap<StoreId, String>) -> Option<String> {
+    errors
+        .iter()
+        .min_by_key(|(id, _)| id.to_string())
+        .map(|(_, e)| e.clone())
 }
 
 /// All links of a node.
