@@ -243,7 +243,7 @@ async fn a_link_that_answers_but_moves_nothing_is_stalled_then_current_then_down
     .await;
     assert_eq!(relay_entries(&relay).await, 20);
     let text = metrics(&relay).await;
-    let pulled = sample(
+    let pulled_total = sample(
         &text,
         "syncrelay_sync_entries_total",
         r#"direction="pull",link="origin""#,
@@ -253,7 +253,7 @@ async fn a_link_that_answers_but_moves_nothing_is_stalled_then_current_then_down
         "syncrelay_replication_delay_seconds_count",
         r#"link="origin""#,
     );
-    assert_eq!(pulled, Some(20.0), "{text}");
+    assert_eq!(pulled_total, Some(20.0), "{text}");
     assert_eq!(timed, Some(20.0), "every pulled entry is timed: {text}");
     let sum = sample(
         &text,
