@@ -285,6 +285,7 @@ async fn a_link_that_answers_but_moves_nothing_is_stalled_then_current_then_down
     );
     assert!(0.0 <= p50 && p50 <= p99 && p99 <= max, "{delay}");
     assert!(max <= started.elapsed().as_secs_f64(), "{delay}");
+    println!("delay of 20 entries written at the origin, stored at the relay: {delay}");
     assert_eq!(
         sample(
             &text,
@@ -400,6 +401,10 @@ async fn a_link_that_answers_but_moves_nothing_is_stalled_then_current_then_down
     );
     let l = link(&relay).await;
     let max = l["delay"]["maxSeconds"].as_f64().unwrap();
+    println!(
+        "delay after 10 entries were held up {stalled_for:.2} s: {}",
+        l["delay"]
+    );
     assert!(
         max >= (STALL_AFTER_MS / 1000) as f64 && max <= started.elapsed().as_secs_f64(),
         "{l}"
