@@ -11,7 +11,10 @@
 //! 2. idle re-sync of the warm relay: requests per direction and response bytes;
 //! 3. edge `getEntries` of 250 entries: cache miss vs. hit latency;
 //! 4. 50 clients asking the edge for the same 250 missing entries at once: upstream requests;
-//! 5. the edge's resident memory against its cache limit.
+//! 5. the edge's resident memory against its cache limit;
+//! 6. the relay's replication delay (origin receipt → stored at the relay) from its
+//!    `syncrelay_replication_delay_seconds` histogram: while the origin is being loaded (the
+//!    relay pulling as the writes come in), and for the 2250 fresh entries written later.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -113,6 +116,67 @@ fn rss_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
+/// The relay's delay histogram for its link `n0`: (upper bound, cumulative count) per bucket,
+/// and the sum of the delays.
+async fn delay_histogram(c: &Cluster, i: usize) -> (Vec<(f64, f64)>, f64) {
+    let text = c.client(i).get("/metrics").await.text();
+    let mut buckets = Vec::new();
+    let mut sum = 0.0;
+    for line in text.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value: f64 = value.parse().unwrap_or(0.0);
+        if let Some(labels) = series.strip_prefix("syncrelay_replication_delay_seconds_bucket{") {
+            if !labels.contains("link=\"n0\"") {
+                continue;
+            }
+            let le = labels
+                .split("le=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next());
+            let le = match le {
+                Some("+Inf") => f64::INFINITY,
+                Some(v) => v.parse().unwrap_or(f64::INFINITY),
+                None => continue,
+            };
+            buckets.push((le, value));
+        } else if series == "syncrelay_replication_delay_seconds_sum{link=\"n0\"}" {
+            sum = value;
+        }
+    }
+    buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+    (buckets, sum)
+}
+
+/// Count, mean and the bucket bounds of p50 / p99 of the delays recorded between two snapshots.
+fn delay_between(before: &(Vec<(f64, f64)>, f64), after: &(Vec<(f64, f64)>, f64)) -> String {
+    let counts: Vec<(f64, f64)> = after
+        .0
+        .iter()
+        .map(|(le, n)| {
+            let was = before.0.iter().find(|(l, _)| l == le).map_or(0.0, |b| b.1);
+            (*le, n - was)
+        })
+        .collect();
+    let total = counts.last().map_or(0.0, |c| c.1);
+    if total == 0.0 {
+        return "no entries timed".into();
+    }
+    let quantile = |q: f64| {
+        counts
+            .iter()
+            .find(|(_, n)| *n >= q * total)
+            .map_or(f64::INFINITY, |c| c.0)
+    };
+    format!(
+        "{total:.0} entries timed, mean {:.3} s, p50 ≤ {} s, p99 ≤ {} s (histogram bucket bounds)",
+        (after.1 - before.1) / total,
+        quantile(0.5),
+        quantile(0.99)
+    )
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -209,6 +273,7 @@ async fn run() {
     for i in 0..3 {
         c.start(i);
     }
+    let delay_start = delay_histogram(&c, 1).await;
     eprintln!("loading {total} signed 1 KiB entries into the origin...");
     let loader = as_user(&c.url(0), "alice", "bench");
     for chunk in (0..total).collect::<Vec<_>>().chunks(1000) {
@@ -233,6 +298,9 @@ async fn run() {
         assert!(Instant::now() < deadline, "relay did not catch up");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let delay_loaded = delay_histogram(&c, 1).await;
+    let relay_status = c.status(1).await;
+    let loaded_window = relay_status["links"][0]["delay"].clone();
 
     // 1. direct vs through the chain (edge cache cold), alternated three times, once the nodes
     //    are idle (the relay's catch-up leaves sled work behind that would slow the first pull).
@@ -289,6 +357,7 @@ async fn run() {
         .map(|n| signed_entry("alice", &format!("doc{}", n % 997), n, 1024))
         .collect();
     let ids: Vec<String> = fresh.iter().map(|e| e.metadata.id.clone()).collect();
+    let delay_before_fresh = delay_histogram(&c, 1).await;
     loader.push_entries(fresh).await.unwrap();
     loop {
         let r = relay_reader
@@ -299,6 +368,8 @@ async fn run() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    let delay_fresh = delay_histogram(&c, 1).await;
 
     // 3. miss vs hit latency of getEntries(250) at the edge.
     let mut edge_client = c.client(2);
@@ -356,5 +427,14 @@ async fn run() {
     println!(
         "  edge RSS: {edge_rss_after_pull:.0} MiB after the chained pulls, {edge_rss:.0} MiB after the burst; cache limit {} MiB (goal ≤ limit + 128)",
         EDGE_CACHE >> 20
+    );
+    println!(
+        "  relay replication delay while the origin was loaded: {}",
+        delay_between(&delay_start, &delay_loaded)
+    );
+    println!("    relay /status window (last 5 min) then: {loaded_window}");
+    println!(
+        "  relay replication delay of 2250 fresh entries (one push): {}",
+        delay_between(&delay_before_fresh, &delay_fresh)
     );
 }

@@ -369,6 +369,9 @@ pub struct SyncConfig {
     pub backoff_base_ms: u64,
     /// How long a client write waits for the upstream before it is queued (relay).
     pub forward_timeout_ms: u64,
+    /// A link whose upstream answers while this node is behind, and nothing moves (no entry
+    /// stored, lag not shrinking) for this long, is `stalled` (default 5 minutes).
+    pub stall_after_ms: u64,
 }
 
 impl Default for SyncConfig {
@@ -382,6 +385,7 @@ impl Default for SyncConfig {
             max_attempts: 4,
             backoff_base_ms: 200,
             forward_timeout_ms: 5_000,
+            stall_after_ms: 300_000,
         }
     }
 }
@@ -492,6 +496,11 @@ impl NodeConfig {
             return Err(ConfigError::Invalid(
                 "sync.batchSize, sync.batchBytes, sync.maxInFlight and sync.maxAttempts must be at least 1"
                     .into(),
+            ));
+        }
+        if self.sync.stall_after_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "sync.stallAfterMs must be at least 1".into(),
             ));
         }
         if self.identity.signing_key_file.is_some() != self.identity.encryption_key_file.is_some() {

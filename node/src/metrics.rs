@@ -55,6 +55,17 @@ pub struct Metrics {
     pub held_entries: IntGaugeVec,
     /// 1 while the storage refuses writes (disk full or failing), else 0.
     pub storage_unwritable: IntGauge,
+    /// Per link and state (current, catching-up, stalled, down): 1 for the link's state, 0 for
+    /// the others (refreshed on render).
+    pub link_state: IntGaugeVec,
+    /// Seconds without movement while reachable and behind; 0 unless stalled.
+    pub link_stalled_seconds: IntGaugeVec,
+    /// now − the origin's receipt time of each entry stored from a link.
+    pub replication_delay: HistogramVec,
+    /// Delays that came out negative (this host's clock behind the origin's), counted as 0.
+    pub replication_clock_skew: IntCounterVec,
+    /// Entries stored from a link without an origin receipt time (not witnessed): not timed.
+    pub replication_unmeasured: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -103,7 +114,43 @@ impl Metrics {
         registry
             .register(Box::new(latency.clone()))
             .expect("unique metric");
+        let replication_delay = HistogramVec::new(
+            HistogramOpts::new(
+                "syncrelay_replication_delay_seconds",
+                "Time from the origin's receipt of an entry to its storage here, per link",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+                300.0, 600.0, 1800.0, 3600.0, 21600.0, 86400.0,
+            ]),
+            &["link"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(replication_delay.clone()))
+            .expect("unique metric");
         Metrics {
+            replication_delay,
+            replication_clock_skew: counter(
+                "syncrelay_replication_clock_skew_total",
+                "Replication delays that came out negative (clock skew between hosts), counted as 0",
+                &["link"],
+            ),
+            replication_unmeasured: counter(
+                "syncrelay_replication_unmeasured_entries_total",
+                "Entries stored from a link without an origin receipt time (not witnessed), so not timed",
+                &["link"],
+            ),
+            link_state: gauge(
+                "syncrelay_link_state",
+                "1 for the link's state (current, catching-up, stalled, down), 0 for the others",
+                &["link", "state"],
+            ),
+            link_stalled_seconds: gauge(
+                "syncrelay_link_stalled_seconds",
+                "Seconds a reachable link that is behind has gone without movement; 0 unless stalled",
+                &["link"],
+            ),
             requests: counter(
                 "syncrelay_http_requests_total",
                 "Requests by endpoint and status",

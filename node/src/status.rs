@@ -57,6 +57,55 @@ pub enum LinkKind {
     Peer,
 }
 
+/// How a link is doing (see `sync::link_state` for the rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinkState {
+    /// Reachable, nothing left to pull.
+    Current,
+    /// Reachable, behind, and entries are moving.
+    CatchingUp,
+    /// Reachable and behind, but nothing moved for `sync.stallAfterMs`.
+    Stalled,
+    /// Not answering.
+    Down,
+}
+
+impl LinkState {
+    pub const ALL: [LinkState; 4] = [
+        LinkState::Current,
+        LinkState::CatchingUp,
+        LinkState::Stalled,
+        LinkState::Down,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Current => "current",
+            LinkState::CatchingUp => "catching-up",
+            LinkState::Stalled => "stalled",
+            LinkState::Down => "down",
+        }
+    }
+}
+
+/// Replication delay (now − the origin's receipt time of each entry stored from a link) over
+/// the last few minutes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DelayStatus {
+    /// Entries measured in the window.
+    pub samples: u64,
+    pub p50_seconds: f64,
+    pub p99_seconds: f64,
+    pub max_seconds: f64,
+    /// Length of the window.
+    pub window_seconds: u64,
+    /// Delays in the window that came out negative (this host's clock behind the origin's),
+    /// counted as 0.
+    pub clock_skewed: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LinkStatus {
@@ -77,6 +126,22 @@ pub struct LinkStatus {
     pub cycle: bool,
     /// Sum of pull lag over the stores synced with this link.
     pub lag: u64,
+    /// Absent from nodes older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<LinkState>,
+    /// Why the link is in its state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_reason: Option<String>,
+    /// Since when (ms since the epoch) the link has been in its state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_since: Option<i64>,
+    /// Seconds without movement while reachable and behind (0 unless stalled).
+    #[serde(default)]
+    pub stalled_seconds: u64,
+    /// Replication delay of entries pulled from this link (absent before the first measured one
+    /// in the window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<DelayStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -36,6 +36,7 @@ fn default_replicas() -> i32 {
     printcolumn = r#"{"name":"Upstream","type":"string","jsonPath":".status.upstream"}"#,
     printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.lag"}"#,
     printcolumn = r#"{"name":"Disk","type":"integer","format":"int64","jsonPath":".status.diskBytes"}"#,
+    printcolumn = r#"{"name":"Delay","type":"number","jsonPath":".status.delaySeconds"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -262,6 +263,10 @@ pub struct SyncNodeStatus {
     /// Largest pull lag (entries) the node's pods report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+    /// Replication delay, p99 over the last 5 minutes, of the node's slowest link (seconds from
+    /// the origin's receipt of an entry to its storage here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_seconds: Option<f64>,
     /// Entries the answering pod holds, over all carried databases.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries: Option<i64>,
@@ -289,6 +294,7 @@ pub struct SyncNodeStatus {
     printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".status.nodeCount"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.lag"}"#,
+    printcolumn = r#"{"name":"Delay","type":"number","jsonPath":".status.delaySeconds"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -370,6 +376,13 @@ pub struct SyncChainStatus {
     /// Largest pull lag (entries) over the chain's nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+    /// The worst hop's p99 replication delay (seconds from the origin's receipt of an entry to its
+    /// storage at that hop, over the last 5 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_seconds: Option<f64>,
+    /// The node of that hop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_node: Option<String>,
     /// Each node's readiness, lag and entry count, in the order of `spec.nodes`.
     #[serde(default)]
     pub nodes: Vec<ChainNodeStatus>,
@@ -388,6 +401,9 @@ pub struct ChainNodeStatus {
     /// The node's largest pull lag (entries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+    /// The node's p99 replication delay (seconds; see `SyncNode.status.delaySeconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_seconds: Option<f64>,
     /// Entries the node holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries: Option<i64>,

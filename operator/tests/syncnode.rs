@@ -182,6 +182,49 @@ async fn sync_nodes_are_reconciled_against_a_real_api_server() {
     assert!(disk.is_some_and(|b| b > 0), "diskBytes: {disk:?}");
     assert_eq!(sn.status.as_ref().unwrap().payload_bytes, Some(0));
 
+    // A real relay whose upstream does not answer: UpstreamConnected=False, reason Unreachable
+    // (from the link state in its /status), with a Warning Event for the transition.
+    let (_relay_process, relay_url, _relay_data) = common::start_node_with(&format!(
+        "role: relay\nupstreams: [{{name: origin, url: 'http://127.0.0.1:{}'}}]\n\
+         databases: [{{tenant: t, db: d}}]\nsync: {{intervalMs: 200, maxAttempts: 1}}\n",
+        common::free_port()
+    ));
+    nodes
+        .patch(
+            "relay",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                "syncrelay.io/status-url": format!("{relay_url}/status")
+            }}})),
+        )
+        .await
+        .unwrap();
+    eventually("relay UpstreamConnected=False/Unreachable", || async {
+        let sn = nodes.get("relay").await.unwrap();
+        condition(&sn, "UpstreamConnected").is_some_and(|(s, r, g)| {
+            s == "False" && r == "Unreachable" && g == sn.metadata.generation
+        })
+    })
+    .await;
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    eventually(
+        "an UpstreamUnreachable Warning event for the relay",
+        || async {
+            events
+                .list(&kube::api::ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .any(|e| {
+                    e.involved_object.name.as_deref() == Some("relay")
+                        && e.type_.as_deref() == Some("Warning")
+                        && e.reason.as_deref() == Some("UpstreamUnreachable")
+                })
+        },
+    )
+    .await;
+
     // Changing the relay's config rolls only the relay.
     let origin_hash = pod_hash(&sts.get("origin").await.unwrap());
     let relay_hash = pod_hash(&sts.get("relay").await.unwrap());

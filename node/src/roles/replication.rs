@@ -21,6 +21,7 @@ use crate::ingest::{self, IngestInput};
 use crate::status::LinkKind;
 use crate::store::{ContentAddressedStore, PushOutcome, StoreError};
 use crate::sync::engine::{self, Admission, Admitted, SyncOptions, SyncState};
+use crate::sync::link_state::Observation;
 use crate::sync::links::{Link, LinkError};
 use crate::wire::{ChangeEventData, Entry, StoreId, StoreKind};
 
@@ -92,14 +93,17 @@ impl CaughtUp {
 /// they wrote before (the reference server does not re-check pulled entries at all). An author
 /// the directory does not know (yet), or a tenant it does not carry (yet), holds the entry back:
 /// it is retried when the directory changes, never passed over.
-pub struct DirectoryAdmission {
+///
+/// What is stored is timed: now − the origin's receipt time, per entry, into the link's delay
+/// histogram and window.
+pub struct DirectoryAdmission<'a> {
     pub node: SharedNode,
     pub directory: Arc<Directory>,
     pub store: StoreId,
-    pub link: String,
+    pub link: &'a Link,
 }
 
-impl Admission for DirectoryAdmission {
+impl Admission for DirectoryAdmission<'_> {
     fn admit(&self, entries: Vec<Entry>) -> Admitted {
         let Some(tenant) = self.directory.tenant(&self.store.tenant_id) else {
             return Admitted {
@@ -121,7 +125,7 @@ impl Admission for DirectoryAdmission {
         };
         for (reason, rejection) in plan.reasons.into_iter().zip(plan.rejected) {
             if reason == ingest::RejectReason::UntrustedAuthor {
-                tracing::info!(link = %self.link, store = %self.store, id = %rejection.id,
+                tracing::info!(link = %self.link.name, store = %self.store, id = %rejection.id,
                     "entry from a link held back: its author is not in this node's directory yet");
                 admitted.held.push(rejection.id);
                 continue;
@@ -131,7 +135,7 @@ impl Admission for DirectoryAdmission {
                 .verification_failures
                 .with_label_values(&[reason.label()])
                 .inc();
-            tracing::warn!(link = %self.link, store = %self.store, id = %rejection.id,
+            tracing::warn!(link = %self.link.name, store = %self.store, id = %rejection.id,
                 reason = %rejection.reason, "entry from a link refused for good");
             admitted.rejected.push(rejection);
         }
@@ -142,6 +146,31 @@ impl Admission for DirectoryAdmission {
         self.directory
             .tenant(&self.store.tenant_id)
             .map_or_else(|| "absent".into(), |t| t.fingerprint())
+    }
+
+    fn stored(&self, received_at: &[Option<i64>]) {
+        let now = crate::clock::now_ms();
+        let name = self.link.name.as_str();
+        let metrics = &self.node.metrics;
+        let delays: Vec<i64> = received_at.iter().flatten().map(|t| now - t).collect();
+        let histogram = metrics.replication_delay.with_label_values(&[name]);
+        for d in &delays {
+            histogram.observe(*d.max(&0) as f64 / 1000.0);
+        }
+        let unmeasured = (received_at.len() - delays.len()) as u64;
+        if unmeasured > 0 {
+            metrics
+                .replication_unmeasured
+                .with_label_values(&[name])
+                .inc_by(unmeasured);
+        }
+        let skewed = self.link.record_delays(delays);
+        if skewed > 0 {
+            metrics
+                .replication_clock_skew
+                .with_label_values(&[name])
+                .inc_by(skewed);
+        }
     }
 }
 
@@ -198,10 +227,17 @@ async fn sync_with_link(
             node: node.clone(),
             directory: node.directory.current(),
             store: id.clone(),
-            link: link.name.clone(),
+            link,
         };
-        let mut persist = |s: &SyncState, _: &engine::Progress| save_state(node, &key, s);
-        let report = engine::pull_changes_from(
+        let lag_before = link.figures(id).pull_lag;
+        // A long pass (a large catch-up) is movement page by page, not only when it ends.
+        let mut persist = |s: &SyncState, p: &engine::Progress| {
+            save_state(node, &key, s);
+            if p.scanned > 0 {
+                link.note_movement();
+            }
+        };
+        let result = engine::pull_changes_from(
             remote.as_ref(),
             local.as_ref(),
             &mut cursor,
@@ -209,12 +245,24 @@ async fn sync_with_link(
             Some(&admission),
             &mut persist,
         )
-        .await?;
+        .await;
+        let report = match result {
+            Ok(report) => report,
+            Err(e) => {
+                observe_failed_pull(link, remote.as_ref(), id, &cursor, &e, lag_before).await;
+                return Err(e);
+            }
+        };
         save_state(node, &key, &cursor);
         if link.kind == LinkKind::Upstream && report.lag == 0 {
             node.caught_up.insert(id);
         }
         record_pass(node, link, id, Direction::Pull, &report);
+        link.observe(Observation::Reachable {
+            lag: Some(link.pull_lag()),
+            moved: report.transferred > 0 || report.lag < lag_before,
+            error: link.pull_outcome(id, None),
+        });
     }
     if want.push {
         // Everything queued before this pass starts is delivered when it succeeds.
@@ -246,6 +294,65 @@ async fn sync_with_link(
         record_pass(node, link, id, Direction::Push, &report);
     }
     Ok(())
+}
+
+/// No HTTP answer at all, or a gateway's answer that the node behind it did not give one.
+fn unreachable(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::Upstream {
+            status: None,
+            transient: true,
+            ..
+        } | StoreError::Upstream {
+            status: Some(502..=504),
+            ..
+        }
+    )
+}
+
+/// A pull pass failed: tells the link's state whether the upstream still answers (one store-head
+/// request, unless the failure already says it does not) and how far behind the store is now
+/// (the cursor keeps what the pass stored before it failed).
+async fn observe_failed_pull(
+    link: &Link,
+    remote: &dyn ContentAddressedStore,
+    id: &StoreId,
+    cursor: &SyncState,
+    error: &StoreError,
+    lag_before: u64,
+) {
+    let failed = |error: &StoreError| Observation::Unreachable {
+        error: error.to_string(),
+    };
+    if matches!(
+        error,
+        StoreError::Upstream {
+            status: None,
+            transient: true,
+            ..
+        }
+    ) {
+        return link.observe(failed(error));
+    }
+    let observation = match remote.get_store_head().await {
+        Ok(head) => {
+            let lag = cursor.lag_to(&head);
+            link.update_figures(id, |f| f.pull_lag = lag);
+            Observation::Reachable {
+                lag: Some(link.pull_lag()),
+                moved: lag < lag_before,
+                error: link.pull_outcome(id, Some(error.to_string())),
+            }
+        }
+        Err(e) if unreachable(&e) => failed(&e),
+        Err(_) => Observation::Reachable {
+            lag: None,
+            moved: false,
+            error: link.pull_outcome(id, Some(error.to_string())),
+        },
+    };
+    link.observe(observation);
 }
 
 #[derive(Clone, Copy)]
@@ -349,12 +456,21 @@ async fn sync_store(node: &SharedNode, id: &StoreId, want: Want) {
         match link.check_chain(&own_id).await {
             Ok(_) => {}
             Err(LinkError::Cycle { .. }) if link.kind == LinkKind::Peer => {
-                // The replica list of a node set names every pod, this one included.
+                // The replica list of a node set names every pod, this one included: nothing
+                // to pull from oneself.
                 tracing::debug!(link = %link.name, "this peer is this node itself; skipped");
+                link.observe(Observation::Reachable {
+                    lag: Some(0),
+                    moved: false,
+                    error: None,
+                });
                 continue;
             }
             Err(e) if link.kind == LinkKind::Upstream => {
                 tracing::debug!(error = %e, "not syncing with this upstream");
+                link.observe(Observation::Unreachable {
+                    error: e.to_string(),
+                });
                 node.metrics
                     .sync_errors
                     .with_label_values(&[&link.name, "cycle_or_unreachable"])
@@ -520,12 +636,25 @@ async fn probe_upstreams(node: SharedNode, shutdown: impl std::future::Future<Ou
 
 /// Reads each upstream's chain (cached for a while by the link) and records the outcome; a link
 /// that would close a cycle is marked and skipped from then on.
-async fn check_upstreams(node: &Node, upstreams: &[Arc<Link>], record_success: bool) {
+///
+/// Nodes without a local copy (`probe`) have nothing to pull: an upstream that answers is
+/// current for them. Relays learn their links' state from their passes instead.
+async fn check_upstreams(node: &Node, upstreams: &[Arc<Link>], probe: bool) {
     for link in upstreams {
         match link.check_chain(&node.node_id).await {
-            Ok(_) if record_success => link.record_success(),
+            Ok(_) if probe => {
+                link.record_success();
+                link.observe(Observation::Reachable {
+                    lag: Some(0),
+                    moved: false,
+                    error: None,
+                });
+            }
             Ok(_) => {}
             Err(e) => {
+                link.observe(Observation::Unreachable {
+                    error: e.to_string(),
+                });
                 let new = link.record_error(&StoreError::Upstream {
                     upstream: link.name.clone(),
                     message: e.to_string(),

@@ -2,7 +2,37 @@
 //! Readiness is [`Node::not_ready_reasons`], the same answer `/ready` gives.
 
 use super::{replication, Node};
-use crate::status::{NodeStatus, StoreStatus};
+use crate::status::{LinkState, NodeStatus, StoreStatus};
+
+/// Brings the per-link gauges up to now: seconds since the last successful pass, the link's
+/// state and how long it has been stalled (both depend on the time, not only on events).
+pub fn refresh_link_metrics(node: &Node) {
+    let Some(links) = &node.links else {
+        return;
+    };
+    let now = crate::clock::now_ms();
+    let metrics = &node.metrics;
+    for link in links.all() {
+        let name = link.name.as_str();
+        if let Some(t) = link.last_success_ms() {
+            metrics
+                .sync_age_seconds
+                .with_label_values(&[name])
+                .set((now - t).max(0) / 1000);
+        }
+        let verdict = link.verdict();
+        for state in LinkState::ALL {
+            metrics
+                .link_state
+                .with_label_values(&[name, state.as_str()])
+                .set(i64::from(state == verdict.state));
+        }
+        metrics
+            .link_stalled_seconds
+            .with_label_values(&[name])
+            .set(verdict.stalled_ms / 1000);
+    }
+}
 
 pub async fn node_status(node: &Node) -> NodeStatus {
     let mut stores = Vec::new();

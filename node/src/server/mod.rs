@@ -316,19 +316,7 @@ async fn metrics(State(state): State<SharedState>, headers: HeaderMap) -> Respon
     if let Err(e) = status_access(&state, &headers) {
         return e.into_response();
     }
-    if let Some(links) = &state.node.links {
-        let now = now_ms();
-        for link in links.all() {
-            if let Some(t) = link.last_success_ms() {
-                state
-                    .node
-                    .metrics
-                    .sync_age_seconds
-                    .with_label_values(&[&link.name])
-                    .set((now - t).max(0) / 1000);
-            }
-        }
-    }
+    crate::roles::status::refresh_link_metrics(&state.node);
     (
         [("content-type", "text/plain; version=0.0.4")],
         state

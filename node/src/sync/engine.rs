@@ -55,6 +55,15 @@ impl SyncState {
     fn position(&self) -> u64 {
         self.cursor.as_ref().map_or(0, |c| c.receipt_order)
     }
+
+    /// Entries of a source with `head` past this state's cursor (all of them when the source's
+    /// epoch is not the one the cursor belongs to).
+    pub fn lag_to(&self, head: &StoreHead) -> u64 {
+        if self.source_epoch.as_deref() != Some(head.epoch.as_str()) {
+            return head.max_receipt_order;
+        }
+        head.max_receipt_order.saturating_sub(self.position())
+    }
 }
 
 /// Checks entries before a target stores them (pulls into a local store verify signatures and
@@ -65,6 +74,10 @@ pub trait Admission: Send + Sync {
     /// Identifies what verdicts depend on that can change (the directory): held ids are retried
     /// when it differs from the one they were last tried against.
     fn generation(&self) -> String;
+
+    /// Called once the target stored admitted entries, with the witness receipt time
+    /// (`receivedAt`, ms) each carried from its origin (`None`: not witnessed), one per entry.
+    fn stored(&self, _received_at: &[Option<i64>]) {}
 }
 
 /// The verdict on a batch: entries to store, entries refused for good (a reason that cannot
@@ -526,6 +539,13 @@ async fn move_batch(
     };
     let mut count = entries.len() as u64;
     let bytes = entries.iter().map(|e| e.encrypted_data.len() as u64).sum();
+    // Receipt times of what is stored, for the admission's delay figures.
+    let received: Option<Vec<(String, Option<i64>)>> = admission.map(|_| {
+        entries
+            .iter()
+            .map(|e| (e.metadata.id.clone(), e.metadata.received_at))
+            .collect()
+    });
     if !entries.is_empty() {
         // A pull from a remote source has nowhere to put receipts: no copy kept for them.
         let pushed: Option<Vec<EntryMetadata>> = source
@@ -533,6 +553,15 @@ async fn move_batch(
             .then(|| entries.iter().map(|e| e.metadata.clone()).collect());
         let outcome = target.push_entries(entries).await?;
         count = count.saturating_sub(outcome.rejected.len() as u64);
+        if let (Some(a), Some(received)) = (admission, received) {
+            let refused: HashSet<&str> = outcome.rejected.iter().map(|r| r.id.as_str()).collect();
+            let times: Vec<Option<i64>> = received
+                .into_iter()
+                .filter(|(id, _)| !refused.contains(id.as_str()))
+                .map(|(_, t)| t)
+                .collect();
+            a.stored(&times);
+        }
         for refusal in outcome.rejected {
             if is_retryable_refusal(&refusal.reason) {
                 held.push(refusal.id);

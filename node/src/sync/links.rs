@@ -6,10 +6,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::delay_window::DelayWindow;
+use super::link_state::{LinkTracker, LinkVerdict, Observation};
 use crate::client::transport::{Method, TransportRequest};
 use crate::client::{HttpTransport, RemoteSession, RemoteStore, SessionOptions, Transport};
 use crate::config::{NodeConfig, RemoteConfig, UpstreamMode};
-use crate::status::{LinkKind, LinkStatus, NodeStatus, StoreLinkStatus};
+use crate::status::{DelayStatus, LinkKind, LinkStatus, NodeStatus, StoreLinkStatus};
 use crate::store::StoreError;
 use crate::wire::StoreId;
 
@@ -17,6 +19,9 @@ use crate::wire::StoreId;
 const DOWN_FOR: Duration = Duration::from_secs(15);
 /// How often the upstream's chain is re-read for cycle detection.
 const CHAIN_REFRESH: Duration = Duration::from_secs(30);
+/// Replication delays are summarised over the last 5 minutes, in 10 s slots.
+const DELAY_SLOT_MS: i64 = 10_000;
+const DELAY_SLOTS: usize = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -76,6 +81,14 @@ pub struct Link {
     stores: Mutex<HashMap<StoreId, Arc<RemoteStore>>>,
     health: Mutex<Health>,
     figures: Mutex<HashMap<StoreId, StoreFigures>>,
+    /// Current / catching up / stalled / down, from the observations of its passes.
+    tracker: Mutex<LinkTracker>,
+    /// How long a reachable link that is behind may go without movement before it is stalled.
+    stall_after_ms: i64,
+    delays: Mutex<DelayWindow>,
+    /// Per store, why its last pull pass failed (absent once one succeeds): a link's state
+    /// gathers every store, so one store's success does not hide another's failure.
+    pull_errors: Mutex<HashMap<StoreId, String>>,
 }
 
 impl Link {
@@ -111,7 +124,88 @@ impl Link {
             stores: Mutex::new(HashMap::new()),
             health: Mutex::new(Health::default()),
             figures: Mutex::new(HashMap::new()),
+            tracker: Mutex::new(LinkTracker::default()),
+            stall_after_ms: crate::config::SyncConfig::default().stall_after_ms as i64,
+            delays: Mutex::new(DelayWindow::new(DELAY_SLOT_MS, DELAY_SLOTS)),
+            pull_errors: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records the outcome of a pull pass of `id` (`None`: it succeeded); returns why some
+    /// store's last pull failed, if one did (the first by store id).
+    pub fn pull_outcome(&self, id: &StoreId, error: Option<String>) -> Option<String> {
+        let mut errors = self.pull_errors.lock().expect("pull errors");
+        match error {
+            Some(e) => errors.insert(id.clone(), e),
+            None => errors.remove(id),
+        };
+        first_error(&errors)
+    }
+
+    /// Sets how long the link may stay behind without movement before it counts as stalled.
+    pub fn with_stall_after(mut self, stall_after: Duration) -> Self {
+        self.stall_after_ms = stall_after.as_millis().min(i64::MAX as u128) as i64;
+        self
+    }
+
+    /// Records what a pass (or probe) found, now.
+    pub fn observe(&self, observation: Observation) {
+        self.tracker
+            .lock()
+            .expect("tracker")
+            .observe(crate::clock::now_ms(), observation);
+    }
+
+    /// Entries moved in a pass that is still running (a page of it is done).
+    pub fn note_movement(&self) {
+        let error = first_error(&self.pull_errors.lock().expect("pull errors"));
+        self.observe(Observation::Reachable {
+            lag: None,
+            moved: true,
+            error,
+        });
+    }
+
+    /// The link's state now.
+    pub fn verdict(&self) -> LinkVerdict {
+        self.tracker
+            .lock()
+            .expect("tracker")
+            .report(crate::clock::now_ms(), self.stall_after_ms)
+    }
+
+    /// Records replication delays (ms; negative ones count as 0 and as skewed) measured now;
+    /// returns how many were negative.
+    pub fn record_delays(&self, delays_ms: impl IntoIterator<Item = i64>) -> u64 {
+        let now = crate::clock::now_ms();
+        let mut window = self.delays.lock().expect("delays");
+        delays_ms
+            .into_iter()
+            .map(|d| u64::from(window.record(now, d)))
+            .sum()
+    }
+
+    pub fn delay_status(&self) -> Option<DelayStatus> {
+        let window = self.delays.lock().expect("delays");
+        let s = window.summary(crate::clock::now_ms())?;
+        Some(DelayStatus {
+            samples: s.samples,
+            p50_seconds: s.p50_ms as f64 / 1000.0,
+            p99_seconds: s.p99_ms as f64 / 1000.0,
+            max_seconds: s.max_ms as f64 / 1000.0,
+            window_seconds: (window.span_ms() / 1000) as u64,
+            clock_skewed: s.skewed,
+        })
+    }
+
+    /// Pull lag over every store synced with this link.
+    pub fn pull_lag(&self) -> u64 {
+        self.figures
+            .lock()
+            .expect("figures")
+            .values()
+            .map(|f| f.pull_lag)
+            .sum()
     }
 
     pub fn session(&self, tenant: &str) -> Arc<RemoteSession> {
@@ -271,6 +365,8 @@ impl Link {
     }
 
     pub fn status(&self, lag: u64) -> LinkStatus {
+        let verdict = self.verdict();
+        let delay = self.delay_status();
         let h = self.health.lock().expect("health");
         let now = crate::clock::now_ms();
         LinkStatus {
@@ -286,6 +382,11 @@ impl Link {
             last_error: h.last_error.clone(),
             cycle: h.cycle,
             lag,
+            state: Some(verdict.state),
+            state_reason: Some(verdict.reason),
+            state_since: verdict.since_ms,
+            stalled_seconds: (verdict.stalled_ms / 1000) as u64,
+            delay,
         }
     }
 
@@ -304,6 +405,14 @@ impl Link {
     }
 }
 
+/// The pull error of the first store (by id) whose last pass failed.
+fn first_error(errors: &HashMap<StoreId, String>) -> Option<String> {
+    errors
+        .iter()
+        .min_by_key(|(id, _)| id.to_string())
+        .map(|(_, e)| e.clone())
+}
+
 /// All links of a node.
 pub struct Links {
     pub mode: UpstreamMode,
@@ -315,9 +424,13 @@ pub struct Links {
 impl Links {
     pub fn from_config(config: &NodeConfig, options: SessionOptions) -> Result<Self, LinkError> {
         let timeout = Duration::from_millis(config.sync.request_timeout_ms);
+        let stall_after = Duration::from_millis(config.sync.stall_after_ms);
         let build = |list: &[RemoteConfig], kind| {
             list.iter()
-                .map(|r| Link::new(r, kind, options.clone(), timeout).map(Arc::new))
+                .map(|r| {
+                    Link::new(r, kind, options.clone(), timeout)
+                        .map(|l| Arc::new(l.with_stall_after(stall_after)))
+                })
                 .collect::<Result<Vec<_>, _>>()
         };
         Ok(Links {

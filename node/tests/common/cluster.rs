@@ -106,6 +106,12 @@ impl Cluster {
 
     /// Writes node `i`'s config: its identity, port, the shared directory, and `extra` YAML.
     pub fn configure(&self, i: usize, extra: &str) {
+        self.configure_sync(i, FAST_SYNC, extra)
+    }
+
+    /// Like [`configure`](Self::configure) with `sync` (a whole `sync: {...}` line) in place of
+    /// [`FAST_SYNC`].
+    pub fn configure_sync(&self, i: usize, sync: &str, extra: &str) {
         let m = &self.members[i];
         let d = m.dir.path();
         std::fs::create_dir_all(d.join("keys")).unwrap();
@@ -117,7 +123,7 @@ impl Cluster {
         .unwrap();
         let config = format!(
             "name: {name}\nlisten: 127.0.0.1:{port}\ndataDir: {d}/data\ndirectoryFile: {d}/directory.yaml\n\
-             identity:\n  signingKeyFile: {d}/keys/signing.pem\n  encryptionKeyFile: {d}/keys/encryption.pem\n{FAST_SYNC}{extra}",
+             identity:\n  signingKeyFile: {d}/keys/signing.pem\n  encryptionKeyFile: {d}/keys/encryption.pem\n{sync}{extra}",
             name = m.name,
             port = m.port,
             d = d.display()

@@ -5,6 +5,7 @@
 pub mod conditions;
 pub mod syncchain;
 pub mod syncnode;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -230,9 +230,11 @@ pub async fn reconcile(chain: Arc<SyncChain>, ctx: Arc<Context>) -> Result<Actio
             role: n.role.as_str().into(),
             ready: conditions::is_true(&st.conditions, conditions::READY),
             lag: st.lag,
+            delay_seconds: st.delay_seconds,
             entries: st.entries,
         });
     }
+    let worst = worst_delay(&node_status);
     let all_ready = node_status.iter().all(|n| n.ready);
     let identities_complete = keys.len() == chain.spec.nodes.len();
     let not_ready: Vec<&str> = node_status
@@ -290,6 +292,8 @@ pub async fn reconcile(chain: Arc<SyncChain>, ctx: Arc<Context>) -> Result<Actio
             conditions,
             node_count: Some(chain.spec.nodes.len() as i32),
             lag: node_status.iter().filter_map(|n| n.lag).max(),
+            delay_seconds: worst.map(|(_, d)| d),
+            delay_node: worst.map(|(n, _)| n.to_string()),
             nodes: node_status,
         },
     )
@@ -303,6 +307,17 @@ pub async fn reconcile(chain: Arc<SyncChain>, ctx: Arc<Context>) -> Result<Actio
     }))
 }
 
+/// The hop with the largest p99 replication delay, and that delay.
+pub fn worst_delay(nodes: &[ChainNodeStatus]) -> Option<(&str, f64)> {
+    nodes
+        .iter()
+        .filter_map(|n| n.delay_seconds.map(|d| (n.name.as_str(), d)))
+        .fold(None, |worst, (n, d)| match worst {
+            Some((_, w)) if w >= d => worst,
+            _ => Some((n, d)),
+        })
+}
+
 pub fn error_policy(chain: Arc<SyncChain>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = format!(
         "SyncChain/{}/{}",
@@ -312,4 +327,33 @@ pub fn error_policy(chain: Arc<SyncChain>, error: &Error, ctx: Arc<Context>) -> 
     let delay = ctx.backoff(&key);
     tracing::warn!(object = %key, error = %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hop(name: &str, delay: Option<f64>) -> ChainNodeStatus {
+        ChainNodeStatus {
+            name: name.into(),
+            role: "relay".into(),
+            ready: true,
+            lag: None,
+            delay_seconds: delay,
+            entries: None,
+        }
+    }
+
+    #[test]
+    fn the_worst_hop_is_the_one_with_the_largest_p99() {
+        assert_eq!(worst_delay(&[]), None);
+        assert_eq!(worst_delay(&[hop("origin", None)]), None);
+        let hops = [
+            hop("origin", None),
+            hop("relay", Some(0.4)),
+            hop("edge-eu", Some(2.5)),
+            hop("edge-us", Some(1.0)),
+        ];
+        assert_eq!(worst_delay(&hops), Some(("edge-eu", 2.5)));
+    }
 }

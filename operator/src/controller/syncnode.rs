@@ -18,7 +18,6 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use syncrelay_node::config::Role;
 use syncrelay_node::crypto::keys::Identity;
 
 use super::conditions::{self, Want};
@@ -428,34 +427,13 @@ pub async fn reconcile(sn: Arc<SyncNode>, ctx: Arc<Context>) -> Result<Action, E
         ),
         None => (false, "NoStatus", format!("no answer from {status_url}")),
     };
-    let (upstream_ok, up_reason, up_message) = match (&report, sn.spec.role) {
-        (_, Role::Origin) if sn.spec.upstreams.is_empty() => {
-            (true, "NoUpstream", "an origin has no upstream".to_string())
-        }
-        (Some(r), _) => {
-            let connected: Vec<&str> = r
-                .links
-                .iter()
-                .filter(|l| l.connected)
-                .map(|l| l.name.as_str())
-                .collect();
-            let errors: Vec<String> = r
-                .links
-                .iter()
-                .filter_map(|l| l.last_error.clone())
-                .collect();
-            if connected.is_empty() {
-                (false, "Disconnected", errors.join("; "))
-            } else {
-                (
-                    true,
-                    "Connected",
-                    format!("connected to {}", connected.join(", ")),
-                )
-            }
-        }
-        (None, _) => (false, "NoStatus", format!("no answer from {status_url}")),
-    };
+    let upstream = super::upstream::condition(
+        sn.spec.role,
+        !sn.spec.upstreams.is_empty(),
+        report.as_ref(),
+        &status_url,
+    );
+    let announcement = super::upstream::transition(&old.conditions, &upstream);
     let progressing = updated < sn.spec.replicas || report.is_none();
     let conditions = conditions::merge(
         &old.conditions,
@@ -481,12 +459,7 @@ pub async fn reconcile(sn: Arc<SyncNode>, ctx: Arc<Context>) -> Result<Action, E
                 reason: "Reconciled",
                 message: String::new(),
             },
-            Want {
-                type_: conditions::UPSTREAM_CONNECTED,
-                status: upstream_ok,
-                reason: up_reason,
-                message: up_message,
-            },
+            upstream,
         ],
         sn.metadata.generation,
         &now,
@@ -506,6 +479,7 @@ pub async fn reconcile(sn: Arc<SyncNode>, ctx: Arc<Context>) -> Result<Action, E
                 .join(",")
         }),
         lag: report.as_ref().map(|r| r.max_lag as i64),
+        delay_seconds: report.as_ref().and_then(worst_p99),
         entries: report.as_ref().map(|r| r.entries as i64),
         disk_bytes: report.as_ref().and_then(|r| r.disk_bytes).map(|b| b as i64),
         payload_bytes: report.as_ref().map(|r| r.payload_bytes as i64),
@@ -516,8 +490,21 @@ pub async fn reconcile(sn: Arc<SyncNode>, ctx: Arc<Context>) -> Result<Action, E
         }),
     };
     write_status(&api, sn.as_ref(), sn.status.as_ref(), status).await?;
+    // After the write: a failed write is retried, and announces the change then.
+    if let Some(a) = announcement {
+        ctx.event(sn.as_ref(), a.warning, &a.reason, a.note).await;
+    }
     ctx.reset_backoff(&format!("SyncNode/{namespace}/{name}"));
     Ok(Action::requeue(REFRESH))
+}
+
+/// The largest p99 replication delay over the node's links (seconds), if any was measured.
+pub fn worst_p99(report: &syncrelay_node::status::NodeStatus) -> Option<f64> {
+    report
+        .links
+        .iter()
+        .filter_map(|l| l.delay.as_ref().map(|d| d.p99_seconds))
+        .fold(None, |worst, d| Some(worst.map_or(d, |w: f64| w.max(d))))
 }
 
 pub fn error_policy(sn: Arc<SyncNode>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -327,6 +327,11 @@ where
 /// Starts a real `syncrelay-node` (an origin with defaults) from the workspace's build output;
 /// returns the process, its base URL and its data folder (removed on drop).
 pub fn start_node() -> (Proc, String, tempfile::TempDir) {
+    start_node_with("")
+}
+
+/// Like [`start_node`], with `config` (node YAML) as its configuration file.
+pub fn start_node_with(config: &str) -> (Proc, String, tempfile::TempDir) {
     use std::io::{BufRead, BufReader};
     // Integration tests live in target/<profile>/deps; the node binary is built beside them.
     let exe = std::env::current_exe().unwrap();
@@ -342,8 +347,12 @@ pub fn start_node() -> (Proc, String, tempfile::TempDir) {
         bin.display()
     );
     let data = tempfile::tempdir().unwrap();
+    let config_file = data.path().join("node.yaml");
+    std::fs::write(&config_file, config).unwrap();
     let mut child = Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config_file)
+        .arg("--data")
         .arg(data.path())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
