@@ -113,7 +113,7 @@ async fn run(total: usize) {
     println!();
     println!("{total} entries of 1 KiB ({record} B stored record), this run, side by side:");
     println!(
-        "| engine | raw batch write | ingest (first {}k) | ratio to raw | ingest (all) | getEntriesBinary | RSS end / peak | disk/entry | after churn | after compaction |",
+        "| engine | raw batch write | ingest (first {}k) | ratio to raw | ingest (all) | getEntriesBinary | RSS after serving / peak while ingesting | disk/entry | after churn | after compaction |",
         RATE_ENTRIES / 1000
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
