@@ -303,6 +303,9 @@ fn wire_json(ro: u64, json: &[u8]) -> Vec<u8> {
     wire
 }
 
+/// Reads one id's record at a reader's watermark (`None`: no such visible entry).
+type ReadOne<V, T> = fn(&Reader<V>, &str) -> Result<Option<T>, StoreError>;
+
 /// A visible stored record: its receiptOrder, the value as stored and where its parts are.
 struct Record<V> {
     ro: u64,
@@ -587,7 +590,7 @@ impl<E: Engine> DiskStore<E> {
     async fn read_all<T: Send + 'static>(
         &self,
         ids: &[String],
-        read: fn(&Reader<E::Tree>, &str) -> Result<Option<T>, StoreError>,
+        read: ReadOne<E::Tree, T>,
     ) -> Result<Vec<T>, StoreError> {
         let _gate = self.reanchor_gate.read().await;
         let reader = self.reader();

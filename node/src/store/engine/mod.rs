@@ -96,16 +96,6 @@ pub trait Tree: Clone + Send + Sync + 'static {
     fn range(&self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> KvIter<Self::Value>;
 
     fn prefix(&self, prefix: &[u8]) -> KvIter<Self::Value>;
-
-    /// The last pair whose key is at or below `key`.
-    fn last_at_or_below(
-        &self,
-        key: &[u8],
-    ) -> Result<Option<(Self::Value, Self::Value)>, EngineError> {
-        self.range(Bound::Unbounded, Bound::Included(key))
-            .next_back()
-            .transpose()
-    }
 }
 
 /// What an engine did on its own to reclaim space (its LSM compactions), since it was opened.

@@ -37,7 +37,7 @@ impl Tree for ::sled::Tree {
     }
 
     fn range(&self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> KvIter<Self::Value> {
-        let owned = |b: Bound<&[u8]>| b.map(|k| ::sled::IVec::from(k));
+        let owned = |b: Bound<&[u8]>| b.map(::sled::IVec::from);
         Box::new(
             ::sled::Tree::range(self, (owned(start), owned(end))).map(|r| r.map_err(Into::into)),
         )
