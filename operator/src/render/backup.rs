@@ -239,6 +239,7 @@ mod tests {
             storage: StorageSpec {
                 size: "50Gi".into(),
                 storage_class_name: Some("slow".into()),
+                kind: None,
             },
             keep: 5,
         };
