@@ -1414,7 +1414,7 @@ mod tests {
             2,
             "one payload per distinct hash"
         );
-        let c = tree.get(&meta_key("c")).unwrap().unwrap();
+        let c = tree.get(meta_key("c")).unwrap().unwrap();
         assert_eq!(record_parts(&c).unwrap().1, None, "c shares b's payload");
         rewrite_as_layout_2(&tree);
         assert_eq!(tree.prefix(b"p").count(), 2);
@@ -1443,7 +1443,7 @@ mod tests {
             .await
             .unwrap();
         let form = |id: &str| {
-            record_parts(&tree.get(&meta_key(id)).unwrap().unwrap())
+            record_parts(&tree.get(meta_key(id)).unwrap().unwrap())
                 .unwrap()
                 .1
         };
