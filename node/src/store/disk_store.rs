@@ -736,6 +736,20 @@ impl<E: Engine> DiskStore<E> {
         Ok(())
     }
 
+    /// Under the write lock, before a write: makes durable and visible whatever a write that was
+    /// interrupted after applying its batch left above the watermark — its caller went away during
+    /// the flush, or the flush failed and could not be undone (fjall refuses every write once a
+    /// journal write failed). Otherwise the next write would number over it, or count its entries
+    /// as stored and acknowledge them undurable. `Err`: the engine cannot flush; the write is refused.
+    async fn settle(&self) -> Result<(), StoreError> {
+        let stored = read_u64(self.tree.get(MAX).map_err(self.err())?);
+        if stored > self.visible() {
+            self.db.flush().await.map_err(self.err())?;
+            self.visible.store(stored, Ordering::Release);
+        }
+        Ok(())
+    }
+
     /// How many scan-index and document-index keys the store holds.
     #[cfg(test)]
     pub(crate) fn index_key_counts(&self) -> (usize, usize) {
@@ -845,6 +859,7 @@ impl<E: Engine> DiskStore<E> {
     ) -> Result<bool, StoreError> {
         self.check_space()?;
         let _writer = self.write_lock.lock().await;
+        self.settle().await?;
         let Some(merge) = self.merge_run(firsts)? else {
             return Ok(false);
         };
@@ -972,6 +987,7 @@ impl<E: Engine> ContentAddressedStore for DiskStore<E> {
             .map_err(|e| StoreError::Task(e.to_string()))??;
         self.check_space()?;
         let _writer = self.write_lock.lock().await;
+        self.settle().await?;
         let mut ro = self.visible();
         let mut count = read_u64(self.tree.get(COUNT).map_err(self.err())?);
         let mut bytes = self.payload_bytes_total()?;
@@ -1042,6 +1058,7 @@ impl<E: Engine> ContentAddressedStore for DiskStore<E> {
     async fn apply_receipts(&self, receipts: &[EntryMetadata]) -> Result<Vec<String>, StoreError> {
         self.check_space()?;
         let _writer = self.write_lock.lock().await;
+        self.settle().await?;
         let reader = self.reader();
         let mut ro = reader.visible;
         let first = ro + 1;
@@ -1320,6 +1337,42 @@ mod tests {
         assert_eq!(IdList::count(&list.0), Some(3));
         assert_eq!(IdList::count(&[]), Some(0));
         assert_eq!(IdList::count(&list.0[..list.0.len() - 1]), None);
+    }
+
+    /// A put whose caller went away during its flush leaves its batch applied and the watermark
+    /// where it was. The next write makes it durable and visible first: nothing is numbered twice,
+    /// and its entries are not counted as stored before they are durable.
+    #[tokio::test]
+    async fn a_write_interrupted_after_its_batch_is_settled_by_the_next() {
+        use crate::store::contract_tests::entry;
+        let dir = tempfile::tempdir().unwrap();
+        let db = SledEngine(sled::open(dir.path()).unwrap());
+        let (tx, _) = broadcast::channel(16);
+        let store =
+            DiskStore::open(db, StoreId::new("t", "db", StoreKind::Docs).unwrap(), tx).unwrap();
+        store
+            .put_entries(vec![entry("a", "d", &[], "doc_create", b"1")])
+            .await
+            .unwrap();
+        store
+            .put_entries(vec![entry("b", "d", &[], "doc_create", b"2")])
+            .await
+            .unwrap();
+        // Interrupted: applied, the watermark not moved.
+        store.visible.store(1, Ordering::Release);
+        assert_eq!(store.get_all_ids().await.unwrap(), vec!["a"]);
+        let put = store
+            .put_entries(vec![
+                entry("b", "d", &[], "doc_create", b"2"),
+                entry("c", "d", &[], "doc_create", b"3"),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(put.inserted, vec!["c"]);
+        assert_eq!(put.head.max_receipt_order, 3);
+        assert_eq!(store.get_all_ids().await.unwrap(), vec!["a", "b", "c"]);
+        let b = store.get_entry_metadata("b").await.unwrap().unwrap();
+        assert_eq!(b.receipt_order, Some(2));
     }
 
     #[test]

@@ -70,6 +70,7 @@ pub trait DiskBackend: Send + Sync {
     fn flush(&self) -> futures::future::BoxFuture<'_, Result<(), EngineError>>;
     fn size_on_disk(&self) -> Result<u64, EngineError>;
     fn maintenance(&self) -> Option<EngineMaintenance>;
+    fn check_writable(&self) -> Result<(), EngineError>;
 }
 
 impl<E: Engine> DiskBackend for E {
@@ -113,6 +114,10 @@ impl<E: Engine> DiskBackend for E {
 
     fn maintenance(&self) -> Option<EngineMaintenance> {
         Engine::maintenance(self)
+    }
+
+    fn check_writable(&self) -> Result<(), EngineError> {
+        Engine::check_writable(self)
     }
 }
 
@@ -344,15 +349,17 @@ impl StoreRegistry {
     }
 
     /// Whether the storage would take a write now: room on the disk, and an engine that still
-    /// answers reads (`Err` other than `DiskFull`: the engine failed for good — sled keeps an I/O
-    /// error of its log writer and fails everything after it). Writes nothing.
+    /// answers reads and takes writes (`Err` other than `DiskFull`: the engine failed for good —
+    /// sled keeps an I/O error of its log writer, fjall poisons itself — and only a restart
+    /// recovers it). Writes nothing.
     pub fn probe(&self) -> Result<(), StoreError> {
         if let StorageBackend::Disk(disk) = &self.backend {
-            disk.get(SYNC_STATE_TREE, b"probe")
-                .map_err(|source| StoreError::Engine {
-                    store: "probe".into(),
-                    source,
-                })?;
+            let failed = |source| StoreError::Engine {
+                store: "probe".into(),
+                source,
+            };
+            disk.get(SYNC_STATE_TREE, b"probe").map_err(failed)?;
+            disk.check_writable().map_err(failed)?;
         }
         if let Some(space) = &self.space {
             space.check()?;

@@ -10,6 +10,15 @@ use super::{Engine, EngineError, EngineKind, EngineMaintenance, KvIter, Tree, Wr
 #[derive(Clone)]
 pub struct FjallEngine(pub ::fjall::Database);
 
+/// Journal bytes fjall keeps before it flushes the oldest memtables.
+const JOURNAL_BYTES: u64 = 128 << 20;
+
+/// A store's keyspace: memtables of 16 MiB (fjall's default, 64 MiB, with up to four sealed ones
+/// waiting, would let one busy store hold 320 MiB). Fixed at creation: fjall stores the options.
+fn keyspace_options() -> ::fjall::KeyspaceCreateOptions {
+    ::fjall::KeyspaceCreateOptions::default().max_memtable_size(16 << 20)
+}
+
 /// Whether `dir` holds a fjall database (its version marker and keyspaces folder).
 pub fn is_fjall_dir(dir: &Path) -> bool {
     dir.join("version").is_file() && dir.join("keyspaces").is_dir()
@@ -70,6 +79,9 @@ impl Engine for FjallEngine {
         Ok(FjallEngine(
             ::fjall::Database::builder(dir)
                 .cache_size(cache_bytes)
+                // Unflushed data across all stores (fjall's default is 512 MiB): bounds memory
+                // and recovery time of a node carrying many databases.
+                .max_journaling_size(JOURNAL_BYTES)
                 .open()?,
         ))
     }
@@ -77,9 +89,7 @@ impl Engine for FjallEngine {
     fn open_tree(&self, name: &str) -> Result<Self::Tree, EngineError> {
         Ok(FjallTree {
             db: self.0.clone(),
-            keyspace: self
-                .0
-                .keyspace(name, ::fjall::KeyspaceCreateOptions::default)?,
+            keyspace: self.0.keyspace(name, keyspace_options)?,
         })
     }
 
@@ -107,16 +117,17 @@ impl Engine for FjallEngine {
         Ok(self.0.disk_space()?)
     }
 
+    /// A buffered persist writes nothing new and fails once the database is poisoned.
+    fn check_writable(&self) -> Result<(), EngineError> {
+        Ok(self.0.persist(::fjall::PersistMode::Buffer)?)
+    }
+
     fn maintenance(&self) -> Option<EngineMaintenance> {
         let tables = self
             .0
             .list_keyspace_names()
             .iter()
-            .filter_map(|name| {
-                self.0
-                    .keyspace(name, ::fjall::KeyspaceCreateOptions::default)
-                    .ok()
-            })
+            .filter_map(|name| self.0.keyspace(name, keyspace_options).ok())
             .map(|k| k.table_count() as u64)
             .sum();
         Some(EngineMaintenance {

@@ -32,7 +32,8 @@ impl EngineError {
     pub fn io(&self) -> Option<&std::io::Error> {
         match self {
             EngineError::Sled(::sled::Error::Io(io)) => Some(io),
-            EngineError::Fjall(::fjall::Error::Io(io)) => Some(io),
+            EngineError::Fjall(::fjall::Error::Io(io))
+            | EngineError::Fjall(::fjall::Error::Storage(::fjall::LsmError::Io(io))) => Some(io),
             EngineError::Io(io) => Some(io),
             _ => None,
         }
@@ -50,8 +51,10 @@ impl EngineError {
     }
 }
 
-/// Writes applied together: all or none are seen, by readers and after a crash. A key written
-/// twice keeps its last value (engines differ on duplicates inside one batch; this has none).
+/// Writes applied together: all or none survive a crash. A concurrent reader may see part of a
+/// batch (fjall reads the latest sequence number); the store never relies on that (new records lie
+/// above the visible watermark, re-anchoring and merges hold the gate). A key written twice keeps
+/// its last value (engines differ on duplicates inside one batch; this has none).
 #[derive(Debug, Default)]
 pub struct WriteBatch(BTreeMap<Vec<u8>, Option<Vec<u8>>>);
 
@@ -128,6 +131,12 @@ pub trait Engine: Clone + Send + Sync + 'static {
     fn flush_blocking(&self) -> Result<(), EngineError>;
 
     fn size_on_disk(&self) -> Result<u64, EngineError>;
+
+    /// Whether the engine still takes writes (writes nothing): fjall refuses every write after
+    /// one failed journal write or fsync, while its reads go on working.
+    fn check_writable(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
 
     /// The engine's own maintenance, where it reports any (sled does not).
     fn maintenance(&self) -> Option<EngineMaintenance>;
