@@ -57,6 +57,57 @@ pub struct Manifest {
     pub entries: u64,
 }
 
+/// What one backup run says about itself in a few hundred bytes: the last line of its output and,
+/// on Kubernetes, its pod's termination message (at most 4096 bytes), which the operator reads into
+/// the SyncNode's status. A failed run has only `error`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSummary {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_at_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stores: Option<u64>,
+    /// The snapshot's folder name under `snapshots/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Room a summary may take: Kubernetes keeps 4096 bytes of a termination message.
+pub const SUMMARY_MAX_BYTES: usize = 4096;
+
+impl RunSummary {
+    pub fn of(manifest: &Manifest) -> Self {
+        RunSummary {
+            taken_at_ms: Some(manifest.taken_at_ms),
+            entries: Some(manifest.entries),
+            stores: Some(manifest.stores.len() as u64),
+            snapshot: Some(snapshot_name(manifest.taken_at_ms)),
+            error: None,
+        }
+    }
+
+    /// A failed run; the error text is cut so that the JSON fits `SUMMARY_MAX_BYTES`.
+    pub fn failed(error: &str) -> Self {
+        // JSON escaping makes at most 6 bytes of one (`\u0001`); the rest is `{"error":""}`.
+        let mut end = error.len().min((SUMMARY_MAX_BYTES - 16) / 6);
+        while !error.is_char_boundary(end) {
+            end -= 1;
+        }
+        RunSummary {
+            error: Some(error[..end].to_string()),
+            ..RunSummary::default()
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a summary serialises")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StoreCount {
@@ -295,6 +346,30 @@ mod tests {
         );
         assert!(to_prune(&names, 4).is_empty());
         assert_eq!(to_prune(&names, 1).len(), 3);
+    }
+
+    #[test]
+    fn a_failed_run_summary_fits_a_termination_message() {
+        for text in [
+            "x".repeat(100_000),
+            "\u{1}".repeat(100_000),
+            "é\"".repeat(50_000),
+        ] {
+            let json = RunSummary::failed(&text).to_json();
+            assert!(json.len() <= SUMMARY_MAX_BYTES, "{} bytes", json.len());
+            let back: RunSummary = serde_json::from_str(&json).unwrap();
+            assert!(text.starts_with(back.error.as_deref().unwrap()));
+        }
+        let ok = RunSummary::of(&Manifest {
+            taken_at_ms: 42,
+            source: "http://origin:1661".into(),
+            stores: vec![],
+            entries: 7,
+        });
+        assert_eq!(
+            ok.to_json(),
+            r#"{"takenAtMs":42,"entries":7,"stores":0,"snapshot":"0000000000000042"}"#
+        );
     }
 
     #[test]

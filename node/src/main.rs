@@ -116,6 +116,10 @@ enum Command {
         /// PEM bundle of CAs to trust for an https URL.
         #[arg(long)]
         ca_file: Option<PathBuf>,
+        /// Also write the run's summary (JSON: time, entries, stores, snapshot, or error) here,
+        /// e.g. /dev/termination-log, where Kubernetes keeps it for the operator to read.
+        #[arg(long)]
+        summary_file: Option<PathBuf>,
     },
     /// Push a snapshot taken by `backup` into a node (e.g. an origin whose volume was lost).
     /// Prints the snapshot's manifest (JSON).
@@ -293,7 +297,9 @@ fn main() -> anyhow::Result<()> {
             keys,
             username,
             ca_file,
+            summary_file,
         } => {
+            use syncrelay_node::backup::RunSummary;
             init_logging(LogFormat::Text);
             let access = syncrelay_node::backup::Access {
                 url: &url,
@@ -302,7 +308,17 @@ fn main() -> anyhow::Result<()> {
                 ca_file: ca_file.as_deref(),
             };
             let runtime = tokio::runtime::Runtime::new()?;
-            let manifest = runtime.block_on(syncrelay_node::backup::backup(&access, &dir, keep))?;
+            let result = runtime.block_on(syncrelay_node::backup::backup(&access, &dir, keep));
+            let summary = match &result {
+                Ok(manifest) => RunSummary::of(manifest),
+                Err(e) => RunSummary::failed(&format!("{e:#}")),
+            };
+            if let Some(path) = &summary_file {
+                if let Err(e) = std::fs::write(path, summary.to_json()) {
+                    tracing::warn!(path = %path.display(), error = %e, "could not write the summary");
+                }
+            }
+            let manifest = result?;
             println!("{}", serde_json::to_string(&manifest)?);
             Ok(())
         }

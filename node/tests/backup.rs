@@ -144,8 +144,27 @@ async fn an_origin_is_backed_up_destroyed_and_restored_entry_for_entry() {
         .map(|n| signed_entry("alice", "backup-doc", n, 700))
         .collect();
     alice.push(DB, &more).await;
-    let m3 = take(&origin.url);
+    let summary_file = tmp.path().join("summary.json");
+    let m3 = {
+        let mut args = backup_args(&origin.url);
+        args.extend(["--summary-file".into(), summary_file.display().to_string()]);
+        manifest(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
     assert_eq!(m3["entries"], 65, "{m3}");
+    // The summary the operator reads from the pod's termination message.
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&summary_file).unwrap()).unwrap();
+    assert_eq!(summary["entries"], 65, "{summary}");
+    assert_eq!(summary["stores"], 2, "{summary}");
+    assert_eq!(summary["takenAtMs"], m3["takenAtMs"], "{summary}");
+    assert!(
+        backup
+            .join("snapshots")
+            .join(summary["snapshot"].as_str().unwrap())
+            .join("manifest.json")
+            .is_file(),
+        "the summary names the snapshot: {summary}"
+    );
     assert_eq!(snapshot_count(&backup), 2, "--keep 2");
 
     let before = contents(&origin).await;
@@ -198,7 +217,15 @@ async fn an_origin_is_backed_up_destroyed_and_restored_entry_for_entry() {
         keys.to_str().unwrap(),
         "--username",
         "CN=nobody",
+        "--summary-file",
+        summary_file.to_str().unwrap(),
     ]);
     assert!(!ok, "an unknown identity was accepted: {text}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&summary_file).unwrap()).unwrap();
+    assert!(
+        summary["error"].as_str().is_some_and(|e| !e.is_empty()) && summary["entries"].is_null(),
+        "a failed run's summary says why and nothing else: {summary}"
+    );
     assert_eq!(snapshot_count(&backup), 2, "no snapshot from a failed run");
 }

@@ -37,6 +37,7 @@ fn default_replicas() -> i32 {
     printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.lag"}"#,
     printcolumn = r#"{"name":"Disk","type":"integer","format":"int64","jsonPath":".status.diskBytes"}"#,
     printcolumn = r#"{"name":"Delay","type":"number","jsonPath":".status.delaySeconds"}"#,
+    printcolumn = r#"{"name":"Backup","type":"date","jsonPath":".status.backup.lastSuccess.completionTime"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -279,6 +280,55 @@ pub struct SyncNodeStatus {
     /// When an upstream link last completed a sync (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<String>,
+    /// Scheduled backups (`spec.backup`): the newest run and the newest successful one, from the
+    /// backup Jobs Kubernetes still keeps (the last three of each outcome).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStatus>,
+}
+
+/// What the operator knows of a node set's backups.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStatus {
+    /// Whether the cluster runs the CronJob (false: its API is not served, see `message`).
+    pub scheduled: bool,
+    /// Why backups are not scheduled, when they are not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The newest backup run, whatever its outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<BackupRun>,
+    /// The newest run that took a snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<BackupRun>,
+}
+
+/// One backup run (a Job of the backup CronJob).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRun {
+    /// The Job's name.
+    pub job: String,
+    /// `Running`, `Succeeded` or `Failed`.
+    pub result: String,
+    /// When the Job started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// When it succeeded or failed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
+    /// Entries in the snapshot, over all databases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<i64>,
+    /// Databases (stores) in the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stores: Option<i64>,
+    /// The snapshot's folder under `snapshots/` on the backup volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// Why a run failed (the backup's own message, cut to fit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// A declared topology.
@@ -356,6 +406,9 @@ pub struct ChainNode {
     /// Serve HTTPS from a certificate Secret; downstream nodes of the chain trust its `ca.crt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// Scheduled backups of this node (origin or relay), as `SyncNode.spec.backup`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
 }
 
 /// What the operator last saw of the chain (from its SyncNodes).

@@ -271,6 +271,7 @@ mod tests {
             resources: None,
             scheduling: None,
             tls: None,
+            backup: None,
         }
     }
 

@@ -531,8 +531,13 @@ fn read_and_decrypt(
     );
     let by_id: BTreeMap<&str, &Entry> = read.iter().map(|e| (e.metadata.id.as_str(), e)).collect();
     for (n, w) in written.iter().enumerate() {
-        let plain = payload::open(key, &by_id[w.metadata.id.as_str()].encrypted_data)
-            .expect("decrypts with the users' key");
+        let got = by_id[w.metadata.id.as_str()];
+        assert_eq!(
+            got.metadata.content_hash, w.metadata.content_hash,
+            "{}",
+            w.metadata.id
+        );
+        let plain = payload::open(key, &got.encrypted_data).expect("decrypts with the users' key");
         assert_eq!(plain, format!("{doc} note {n}").into_bytes());
     }
 }
@@ -748,6 +753,268 @@ fn origin_pod_returns_with_its_data(
     cluster.wait_chain_ready(NS, "acme");
 }
 
+/// Entries of the tenant's database a pod holds, from its metrics (0 when it holds none).
+fn store_entries(pod: &Pod) -> Option<f64> {
+    let text = http_get(&format!("{}/metrics", pod.url()))?;
+    Some(metric_sum(&text, "syncrelay_store_entries", &["\"contacts\""]).unwrap_or(0.0))
+}
+
+/// Waits for a Job to succeed; a failed Job fails the test with its pods' logs.
+fn wait_job(cluster: &Cluster, name: &str) {
+    poll(
+        &format!("job/{name} succeeded"),
+        Duration::from_secs(240),
+        || {
+            let job = cluster.json(&["get", "job", name, "-n", NS]);
+            if job["status"]["failed"].as_i64().unwrap_or(0) > 0 {
+                let logs = run(cluster.kubectl().args([
+                    "logs",
+                    "-n",
+                    NS,
+                    "-l",
+                    &format!("job-name={name}"),
+                    "--tail=50",
+                ]));
+                panic!(
+                    "job/{name} failed: {}\n{}",
+                    job["status"],
+                    String::from_utf8_lossy(&logs.stdout)
+                );
+            }
+            (job["status"]["succeeded"].as_i64() == Some(1)).then_some(())
+        },
+    );
+}
+
+/// Step 4 (README "Backup and restore of an origin"): backups turned on for the chain's origin,
+/// a run taken from its CronJob and reported in the SyncNode's status; then every origin volume is
+/// lost (all three replicas), the origins come back empty, the runbook's restore Job brings the
+/// snapshot back, and every replica holds every entry with the same ids and content hashes.
+fn origin_backup_and_restore(cluster: &Cluster, users: &Users, key: &[u8; 32], written: &[Entry]) {
+    let origin_pods = || -> Vec<Pod> {
+        cluster
+            .pods(NS)
+            .into_iter()
+            .filter(|p| p.instance == "acme-origin")
+            .collect()
+    };
+    let more = sealed_entries(&users.alice, key, "before-backup", 10);
+    push(&users.alice, &cluster.service_url(NS, "acme-office"), &more);
+    for p in origin_pods() {
+        read_and_decrypt(
+            &users.bob,
+            &p.url(),
+            key,
+            &more,
+            "before-backup",
+            Duration::from_secs(120),
+        );
+    }
+    let total = store_entries(&origin_pods()[0]).unwrap();
+    assert!(
+        total >= 35.0,
+        "20 + 5 + 10 entries written so far, {total} held"
+    );
+
+    // Backups on (a schedule that does not fire during the test; the run is started by hand).
+    cluster.ok(&[
+        "patch", "syncchain", "acme", "-n", NS, "--type=json", "-p",
+        r#"[{"op": "add", "path": "/spec/nodes/0/backup", "value": {"schedule": "0 3 1 1 *", "storage": {"size": "1Gi"}, "keep": 2}}]"#,
+    ]);
+    let cron = poll(
+        "cronjob/acme-origin-backup",
+        Duration::from_secs(120),
+        || {
+            let out = cluster
+                .kubectl()
+                .args([
+                    "get",
+                    "cronjob",
+                    "acme-origin-backup",
+                    "-n",
+                    NS,
+                    "-o",
+                    "json",
+                ])
+                .output()
+                .unwrap();
+            out.status
+                .success()
+                .then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap())
+        },
+    );
+    // What `kubectl create job --from=cronjob/…` does (that kubectl asks for batch/v1 CronJobs,
+    // which Kubernetes 1.20 does not serve).
+    let template = &cron["spec"]["jobTemplate"];
+    let job = serde_json::json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": "acme-origin-backup-manual",
+            "labels": template["metadata"]["labels"],
+            "annotations": {"cronjob.kubernetes.io/instantiate": "manual"},
+        },
+        "spec": template["spec"],
+    });
+    cluster.apply_value(NS, &job);
+    wait_job(cluster, "acme-origin-backup-manual");
+    let backup = poll(
+        "syncnode/acme-origin reports the backup",
+        Duration::from_secs(120),
+        || {
+            let sn = cluster.json(&["get", "syncnode", "acme-origin", "-n", NS]);
+            let b = sn["status"]["backup"].clone();
+            (b["lastSuccess"]["job"] == "acme-origin-backup-manual").then_some(b)
+        },
+    );
+    eprintln!("status.backup: {backup}");
+    assert_eq!(backup["scheduled"], true);
+    assert_eq!(backup["lastRun"]["result"], "Succeeded");
+    assert_eq!(
+        backup["lastSuccess"]["entries"].as_f64(),
+        Some(total),
+        "{backup}"
+    );
+    assert_eq!(backup["lastSuccess"]["stores"], 1, "{backup}");
+    assert!(
+        backup["lastSuccess"]["completionTime"].is_string(),
+        "{backup}"
+    );
+    let snapshot = backup["lastSuccess"]["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Every origin volume lost: the chain and the node set paused (the operator would scale them
+    // back), the StatefulSet scaled to 0, the claims deleted.
+    let before = origin_pods();
+    let claims: Vec<String> = before.iter().filter_map(|p| p.claim.clone()).collect();
+    assert_eq!(claims.len(), 3, "{before:?}");
+    cluster.ok(&[
+        "patch",
+        "syncchain",
+        "acme",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        r#"{"spec": {"paused": true}}"#,
+    ]);
+    cluster.ok(&[
+        "patch",
+        "syncnode",
+        "acme-origin",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        r#"{"spec": {"paused": true}}"#,
+    ]);
+    cluster.ok(&[
+        "scale",
+        "statefulset",
+        "acme-origin",
+        "-n",
+        NS,
+        "--replicas=0",
+    ]);
+    poll("the origin pods are gone", Duration::from_secs(180), || {
+        origin_pods().is_empty().then_some(())
+    });
+    let mut delete = vec!["delete", "pvc", "-n", NS, "--wait=true"];
+    delete.extend(claims.iter().map(String::as_str));
+    cluster.ok(&delete);
+    // Resumed: the chain sets the node set's `paused` back, the operator scales it to 3 again,
+    // and each pod starts on a new, empty volume.
+    cluster.ok(&[
+        "patch",
+        "syncchain",
+        "acme",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        r#"{"spec": {"paused": false}}"#,
+    ]);
+    let empty = poll(
+        "three new, empty origin pods Ready",
+        Duration::from_secs(240),
+        || {
+            let pods = origin_pods();
+            (pods.len() == 3
+                && pods
+                    .iter()
+                    .all(|p| p.ready && !p.terminating && !before.iter().any(|b| b.uid == p.uid)))
+            .then_some(pods)
+        },
+    );
+    for p in &empty {
+        assert_eq!(store_entries(p), Some(0.0), "{} starts empty", p.name);
+    }
+
+    // The runbook's restore Job, as the example file has it.
+    let image = cluster.json(&["get", "statefulset", "acme-origin", "-n", NS])["spec"]["template"]
+        ["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    apply_example(
+        cluster,
+        NS,
+        "examples/backup/restore-job.yaml",
+        &[("ghcr.io/syncrelay/syncrelay:latest", image.as_str())],
+    );
+    wait_job(cluster, "acme-origin-restore");
+    let logs = run(cluster
+        .kubectl()
+        .args(["logs", "-n", NS, "job/acme-origin-restore"]));
+    let manifest: Value = String::from_utf8_lossy(&logs.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .expect("restore prints the manifest");
+    assert_eq!(
+        syncrelay_node::backup::snapshot_name(manifest["takenAtMs"].as_i64().unwrap()),
+        snapshot,
+        "the newest snapshot was restored"
+    );
+
+    // Every replica holds every entry again (the restore reached one; its peers copied it).
+    for p in origin_pods() {
+        poll(
+            &format!("{} holds {total} entries", p.name),
+            Duration::from_secs(120),
+            || (store_entries(&p) == Some(total)).then_some(()),
+        );
+        read_and_decrypt(
+            &users.bob,
+            &p.url(),
+            key,
+            written,
+            "doc",
+            Duration::from_secs(30),
+        );
+        read_and_decrypt(
+            &users.bob,
+            &p.url(),
+            key,
+            &more,
+            "before-backup",
+            Duration::from_secs(30),
+        );
+    }
+    cluster.ok(&[
+        "delete",
+        "job",
+        "acme-origin-backup-manual",
+        "acme-origin-restore",
+        "-n",
+        NS,
+        "--wait=true",
+    ]);
+    cluster.wait_chain_ready(NS, "acme");
+}
+
 /// name → generation of every StatefulSet and Deployment.
 fn workload_generations(cluster: &Cluster) -> BTreeMap<String, i64> {
     cluster
@@ -882,7 +1149,10 @@ fn revoked_user_is_refused_everywhere(cluster: &Cluster, users: &Users) {
 /// resourceVersion does too).
 fn written_state(cluster: &Cluster) -> BTreeMap<String, (Value, Value)> {
     let mut out = BTreeMap::new();
-    for o in cluster.items(NS, "statefulsets,deployments,services,configmaps,secrets") {
+    for o in cluster.items(
+        NS,
+        "statefulsets,deployments,services,configmaps,secrets,cronjobs",
+    ) {
         out.insert(
             format!(
                 "{}/{}",
@@ -929,7 +1199,7 @@ fn json_diff(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
     }
 }
 
-/// Step 5: the operator pod killed; its replacement reconciles every object and writes nothing.
+/// Step 6: the operator pod killed; its replacement reconciles every object and writes nothing.
 fn operator_replacement_writes_nothing(cluster: &Cluster) {
     let operator_pods = || -> Vec<Pod> {
         cluster
@@ -1016,9 +1286,9 @@ fn operator_replacement_writes_nothing(cluster: &Cluster) {
     );
 }
 
-/// Step 6: the chain deleted, everything it owns (transitively) is garbage-collected.
+/// Step 7: the chain deleted, everything it owns (transitively) is garbage-collected.
 fn chain_is_garbage_collected(cluster: &Cluster) {
-    const KINDS: &str = "syncchains,syncnodes,statefulsets,deployments,replicasets,pods,services,endpoints,configmaps,secrets,controllerrevisions";
+    const KINDS: &str = "syncchains,syncnodes,statefulsets,deployments,replicasets,pods,services,endpoints,configmaps,secrets,controllerrevisions,cronjobs";
     let objects = cluster.items(NS, KINDS);
     let chain_uid = objects
         .iter()
@@ -1058,6 +1328,7 @@ fn chain_is_garbage_collected(cluster: &Cluster) {
     assert_eq!(count("Deployment"), 2);
     assert_eq!(count("Pod"), 6);
     assert_eq!(count("ConfigMap"), 4);
+    assert_eq!(count("CronJob"), 1, "the origin's backups (step 4)");
     assert!(count("Service") >= 4, "{owned:?}");
     assert!(
         count("Secret") >= 5,
@@ -1077,8 +1348,14 @@ fn chain_is_garbage_collected(cluster: &Cluster) {
         },
     );
     let claims = cluster.items(NS, "pvc");
+    assert!(
+        claims
+            .iter()
+            .any(|c| c["metadata"]["name"] == "acme-origin-backup"),
+        "the backup volume outlives the chain"
+    );
     eprintln!(
-        "left after the chain: {} PersistentVolumeClaims of its StatefulSets (kept by Kubernetes, as for any StatefulSet)",
+        "left after the chain: {} PersistentVolumeClaims: the backup volume and those of its StatefulSets (kept by Kubernetes, as for any StatefulSet)",
         claims.len()
     );
 }
@@ -1113,17 +1390,21 @@ fn the_example_chain_in_real_pods() {
     t.step("3. office's settings changed → only office rolls", || {
         one_node_set_rolls(&cluster)
     });
-    t.step("4. alice revoked → refused by every pod", || {
+    t.step(
+        "4. origin backed up → every origin volume lost → restored",
+        || origin_backup_and_restore(&cluster, &users, &key, &written),
+    );
+    t.step("5. alice revoked → refused by every pod", || {
         revoked_user_is_refused_everywhere(&cluster, &users)
     });
     t.step(
-        "5. operator pod killed → replacement writes nothing",
+        "6. operator pod killed → replacement writes nothing",
         || operator_replacement_writes_nothing(&cluster),
     );
-    t.step("6. chain deleted → garbage-collected", || {
+    t.step("7. chain deleted → garbage-collected", || {
         chain_is_garbage_collected(&cluster)
     });
-    t.step("7. multi-region: written in eu, read in us", || {
+    t.step("8. multi-region: written in eu, read in us", || {
         multi_region(&cluster, &bin_dir, keys.path(), &users, &key)
     });
     t.print();
@@ -1201,9 +1482,9 @@ fn secret(name: &str, data: &BTreeMap<&str, String>) -> Value {
 }
 
 /// `kubectl apply -n ns` of a file of the repository, `replace` substituted in its text.
-fn apply_example(cluster: &Cluster, ns: &str, file: &str, replace: Option<(&str, &str)>) {
+fn apply_example(cluster: &Cluster, ns: &str, file: &str, replace: &[(&str, &str)]) {
     let mut text = std::fs::read_to_string(workspace().join(file)).unwrap();
-    if let Some((from, to)) = replace {
+    for (from, to) in replace {
         assert!(text.contains(from), "{file} names {from}");
         text = text.replace(from, to);
     }
@@ -1223,7 +1504,7 @@ fn apply_example(cluster: &Cluster, ns: &str, file: &str, replace: Option<(&str,
     assert!(apply.wait().unwrap().success(), "kubectl apply {file}");
 }
 
-/// Step 7: `examples/multi-region/` as it is, addresses substituted: the central origin in
+/// Step 8: `examples/multi-region/` as it is, addresses substituted: the central origin in
 /// namespace `central` (TLS, its certificate for the in-cluster name), each region's chain in its
 /// own namespace syncing from it through `externalOrigin`; data written in eu is read in us.
 fn multi_region(cluster: &Cluster, bin_dir: &Path, keys: &Path, users: &Users, key: &[u8; 32]) {
@@ -1275,7 +1556,7 @@ fn multi_region(cluster: &Cluster, bin_dir: &Path, keys: &Path, users: &Users, k
         cluster,
         CENTRAL,
         "examples/multi-region/central/origin.yaml",
-        None,
+        &[],
     );
     let origin = format!("https://central-origin.{CENTRAL}.svc.cluster.local:1661");
     for (region, ns) in regions {
@@ -1283,7 +1564,7 @@ fn multi_region(cluster: &Cluster, bin_dir: &Path, keys: &Path, users: &Users, k
             cluster,
             ns,
             &format!("examples/multi-region/region-{region}/chain.yaml"),
-            Some(("https://origin.sync.example.com:1661", &origin)),
+            &[("https://origin.sync.example.com:1661", &origin)],
         );
     }
     cluster.wait_chain_ready(CENTRAL, "central");

@@ -2,6 +2,7 @@
 //! apply with one field manager → status, with owner references for garbage collection and a
 //! per-object exponential backoff on errors.
 
+pub mod backup;
 pub mod conditions;
 pub mod syncchain;
 pub mod syncnode;
@@ -61,6 +62,8 @@ pub struct Context {
 pub struct ServedApis {
     pub pdb_v1: bool,
     pub service_monitor: bool,
+    /// `batch/v1` (Kubernetes 1.21+) or `batch/v1beta1` (1.20): where backup CronJobs go.
+    pub cron_job: Option<&'static str>,
 }
 
 impl ServedApis {
@@ -84,6 +87,16 @@ impl ServedApis {
                     .await,
                 "ServiceMonitor",
             ),
+            cron_job: if has(client.list_api_group_resources("batch/v1").await, "CronJob") {
+                Some("batch/v1")
+            } else if has(
+                client.list_api_group_resources("batch/v1beta1").await,
+                "CronJob",
+            ) {
+                Some("batch/v1beta1")
+            } else {
+                None
+            },
         }
     }
 }

@@ -43,13 +43,13 @@ const REFRESH: Duration = Duration::from_secs(30);
 /// a new resourceVersion, watch events), while Services and ConfigMaps were left alone.
 pub async fn apply<K>(ctx: &Context, api: &Api<K>, name: &str, object: &K) -> Result<K, Error>
 where
-    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
     use sha2::Digest;
     let body = serde_json::to_vec(object).map_err(|e| Error::Serialize(e.to_string()))?;
     let hash = hex::encode(&sha2::Sha256::digest(&body)[..12]);
-    let namespace = object.meta().namespace.clone().unwrap_or_default();
-    let key = format!("{}/{namespace}/{name}", K::kind(&()));
+    // The collection's URL names group, version, kind and namespace (also of a DynamicObject).
+    let key = format!("{}/{name}", api.resource_url());
     let remember = |applied: &K| {
         if let Some(rv) = applied.resource_version() {
             ctx.applied
@@ -398,6 +398,10 @@ pub async fn reconcile(sn: Arc<SyncNode>, ctx: Arc<Context>) -> Result<Action, E
         }
     }
 
+    let backup = super::backup::reconcile(&ctx, sn.as_ref(), &name, &namespace).await?;
+    ctx.metrics
+        .record_backup(&namespace, &name, backup.as_ref());
+
     // Status: the node's own report decides Ready and UpstreamConnected.
     let endpoint = cfg::service_url(&name, &namespace, sn.spec.tls.is_some());
     let status_url = sn
@@ -488,8 +492,23 @@ pub async fn reconcile(sn: Arc<SyncNode>, ctx: Arc<Context>) -> Result<Action, E
                 .ok()
                 .map(|t| t.to_string())
         }),
+        backup,
     };
+    let backup_failure = status
+        .backup
+        .as_ref()
+        .and_then(|b| super::backup::newly_failed(old.backup.as_ref(), b))
+        .map(|run| {
+            format!(
+                "backup {} failed: {}",
+                run.job,
+                run.message.as_deref().unwrap_or("no message")
+            )
+        });
     write_status(&api, sn.as_ref(), sn.status.as_ref(), status).await?;
+    if let Some(note) = backup_failure {
+        ctx.event(sn.as_ref(), true, "BackupFailed", note).await;
+    }
     // After the write: a failed write is retried, and announces the change then.
     if let Some(a) = announcement {
         ctx.event(sn.as_ref(), a.warning, &a.reason, a.note).await;

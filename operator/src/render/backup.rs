@@ -3,6 +3,11 @@
 //! node's own identity (the generated `<node>-identity`, a trusted server in a chain's directory),
 //! pulling every carried database into the volume and keeping the newest `keep` snapshots.
 //! One run at a time (`concurrencyPolicy: Forbid`): the runs share the incremental store.
+//!
+//! Each run writes a summary (entries, stores, snapshot, or the error) to its termination message,
+//! which the reconciler reads into the SyncNode's status. The backup pods carry labels of their
+//! own (`app.kubernetes.io/name: syncrelay-backup`): the node's Service, workload selector and
+//! disruption budget must never count them as node pods.
 
 use std::collections::BTreeMap;
 
@@ -29,9 +34,28 @@ pub fn backup_name(node: &str) -> String {
     format!("{node}-backup")
 }
 
-fn meta(node: &str, namespace: &str, spec: &SyncNodeSpec) -> ObjectMeta {
+/// Where the backup container writes its run summary: the file Kubernetes keeps as the
+/// container's termination message.
+pub const SUMMARY_FILE: &str = "/dev/termination-log";
+
+/// Labels of the backup objects and pods (never the node pods' selector).
+pub fn backup_labels(node: &str, spec: &SyncNodeSpec) -> BTreeMap<String, String> {
     let mut l = labels(node, spec.role);
+    l.insert("app.kubernetes.io/name".into(), "syncrelay-backup".into());
     l.insert("app.kubernetes.io/component".into(), "backup".into());
+    l
+}
+
+/// Selects the backup Jobs (and their pods) of a node.
+pub fn backup_selector(node: &str) -> String {
+    format!(
+        "app.kubernetes.io/name=syncrelay-backup,{}={node}",
+        super::NODE_LABEL
+    )
+}
+
+fn meta(node: &str, namespace: &str, spec: &SyncNodeSpec) -> ObjectMeta {
+    let l = backup_labels(node, spec);
     ObjectMeta {
         name: Some(backup_name(node)),
         namespace: Some(namespace.into()),
@@ -79,6 +103,8 @@ pub fn backup_args(node: &str, namespace: &str, spec: &SyncNodeSpec, keep: u32) 
         paths::IDENTITY_DIR.into(),
         "--username".into(),
         node_identity_name(node, namespace),
+        "--summary-file".into(),
+        SUMMARY_FILE.into(),
     ];
     if spec.tls.is_some() {
         args.push("--ca-file".into());
@@ -159,6 +185,9 @@ pub fn cron_job(
         image: Some(spec.image.clone().unwrap_or_else(|| default_image.into())),
         args: Some(backup_args(node, namespace, spec, backup.keep)),
         volume_mounts: Some(mounts),
+        // The summary file is always written; the log tail stands in if the process died first.
+        termination_message_path: Some(SUMMARY_FILE.into()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -217,6 +246,15 @@ pub fn cron_job(
         }),
         ..CronJob::default()
     }
+}
+
+/// The CronJob as the API version the cluster serves: `batch/v1` (Kubernetes 1.21+) or
+/// `batch/v1beta1` (1.20), whose schema holds every field this builder sets.
+pub fn cron_job_as(cron: &CronJob, api_version: &str) -> serde_json::Value {
+    let mut value = serde_json::to_value(cron).expect("a CronJob serialises");
+    value["apiVersion"] = api_version.into();
+    value["kind"] = "CronJob".into();
+    value
 }
 
 #[cfg(test)]
@@ -278,8 +316,11 @@ mod tests {
                 paths::IDENTITY_DIR,
                 "--username",
                 "CN=origin.acme",
+                "--summary-file",
+                SUMMARY_FILE,
             ]
         );
+        assert_eq!(c.termination_message_path.as_deref(), Some(SUMMARY_FILE));
         let volumes = pod.volumes.as_ref().unwrap();
         let claim = volumes
             .iter()
@@ -302,6 +343,34 @@ mod tests {
             job.metadata.labels.as_ref().unwrap()["app.kubernetes.io/component"],
             "backup"
         );
+        // The node's Service and workload select on these: a backup pod must never match.
+        let pod_labels = s
+            .job_template
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .as_ref()
+            .unwrap();
+        let selector = crate::render::selector_labels("origin");
+        assert!(
+            selector.iter().any(|(k, v)| pod_labels.get(k) != Some(v)),
+            "backup pods {pod_labels:?} match the node selector {selector:?}"
+        );
+        assert_eq!(
+            backup_selector("origin"),
+            "app.kubernetes.io/name=syncrelay-backup,syncrelay.io/node=origin"
+        );
+        assert!(backup_selector("origin")
+            .split(',')
+            .all(|kv| kv.split_once('=').is_some_and(|(k, v)| pod_labels[k] == v)));
+        let v1beta1 = cron_job_as(&job, "batch/v1beta1");
+        assert_eq!(v1beta1["apiVersion"], "batch/v1beta1");
+        assert_eq!(v1beta1["spec"]["schedule"], "0 3 * * *");
     }
 
     #[test]
@@ -309,9 +378,10 @@ mod tests {
         let (spec, backup) = spec(true);
         let args = backup_args("origin", "acme", &spec, backup.keep);
         assert_eq!(args[2], "https://origin.acme.svc.cluster.local:1661");
-        assert_eq!(
-            args[args.len() - 2..],
-            ["--ca-file", "/etc/syncrelay/tls/ca.crt"]
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--ca-file", "/etc/syncrelay/tls/ca.crt"]),
+            "{args:?}"
         );
         let job = cron_job("origin", "acme", &spec, &backup, "img:1");
         let pod = job

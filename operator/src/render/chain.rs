@@ -52,7 +52,7 @@ fn node_spec(chain: &str, spec: &SyncChainSpec, n: &ChainNode) -> SyncNodeSpec {
         service_monitor: false,
         max_unavailable: None,
         paused: false,
-        backup: None,
+        backup: n.backup.clone(),
     }
 }
 
