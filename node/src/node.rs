@@ -324,11 +324,16 @@ async fn maintain_stores(node: SharedNode) {
     }
 }
 
-/// Reloads the certificate when either file changes (cert-manager renewals).
+/// Reloads the certificate when either file changes (cert-manager renewals, kubelet's symlink
+/// swap of a mounted Secret): looked at every second, which costs two `stat`s, so that a renewed
+/// certificate is served within a second or two of landing. A pair that does not load (say, the
+/// key not yet renewed with the certificate) keeps the previous one until the files change again.
 async fn watch_tls(config: axum_server::tls_rustls::RustlsConfig, cert: PathBuf, key: PathBuf) {
-    let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    use crate::client::ca_bundle::FileStamp;
+    let stamp = |p: &Path| FileStamp::of(p);
     let mut last = (stamp(&cert), stamp(&key));
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut tick = tokio::time::interval(TLS_RECHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let now = (stamp(&cert), stamp(&key));
@@ -343,6 +348,9 @@ async fn watch_tls(config: axum_server::tls_rustls::RustlsConfig, cert: PathBuf,
         }
     }
 }
+
+/// How often the serving certificate's files are looked at for a change.
+const TLS_RECHECK: Duration = Duration::from_secs(1);
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {

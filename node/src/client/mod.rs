@@ -3,9 +3,11 @@
 //! `ContentAddressedStore` over the sync-v5 endpoints (the seed's `ClientNetworkContentAddressedStore`),
 //! and the edge role's [`cache`] in front of it.
 
+pub mod ca_bundle;
 pub mod cache;
 pub mod remote_store;
 pub mod session;
+pub mod tls_error;
 pub mod transport;
 
 pub use remote_store::RemoteStore;

@@ -1,14 +1,19 @@
 //! How requests reach another node. [`Transport`] is deliberately small (one request → one
 //! response) so that transports other than HTTP can be added; [`HttpTransport`] is reqwest over
-//! HTTP/1.1 or HTTPS (rustls, system roots plus an optional CA bundle).
+//! HTTP/1.1 or HTTPS (rustls, system roots plus an optional CA bundle, re-read when its file
+//! changes); a failed request is described down to its cause (a refused certificate says so).
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
+
+use super::ca_bundle::{self, FileStamp};
+use super::tls_error;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -91,10 +96,26 @@ pub struct ByteStream {
 
 pub struct HttpTransport {
     base: String,
+    timeout: Duration,
+    /// Swapped for new ones when the CA bundle changes.
+    clients: RwLock<Arc<Clients>>,
+    ca: Option<CaWatch>,
+}
+
+/// One reqwest client with a total timeout, one without: change feeds stay open for hours.
+struct Clients {
     client: reqwest::Client,
-    /// Without a total timeout: change feeds stay open for hours.
     stream_client: reqwest::Client,
 }
+
+/// The CA bundle's file, and its stamp when last read and checked.
+struct CaWatch {
+    path: PathBuf,
+    seen: Mutex<(Option<FileStamp>, Instant)>,
+}
+
+/// How often a request may look at the CA bundle's file (one `stat`) for a change.
+const CA_RECHECK: Duration = Duration::from_secs(1);
 
 impl HttpTransport {
     pub fn new(
@@ -102,17 +123,63 @@ impl HttpTransport {
         ca_file: Option<&Path>,
         timeout: Duration,
     ) -> Result<Self, TransportError> {
-        let certificates = match ca_file {
+        let (certificates, ca) = match ca_file {
             Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    TransportError::Config(format!("reading CA bundle {}: {e}", path.display()))
-                })?;
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                    TransportError::Config(format!("CA bundle {}: {e}", path.display()))
-                })?
+                let stamp = FileStamp::of(path);
+                let certificates =
+                    ca_bundle::read(path).map_err(|e| TransportError::Config(e.to_string()))?;
+                let watch = CaWatch {
+                    path: path.to_path_buf(),
+                    seen: Mutex::new((stamp, Instant::now())),
+                };
+                (certificates, Some(watch))
             }
-            None => Vec::new(),
+            None => (Vec::new(), None),
         };
+        Ok(HttpTransport {
+            base: base_url.trim_end_matches('/').to_string(),
+            timeout,
+            clients: RwLock::new(Arc::new(Clients::build(timeout, &certificates)?)),
+            ca,
+        })
+    }
+
+    /// The clients to use now: rebuilt first when the CA bundle changed since it was read (new
+    /// connections then verify against the new bundle; a bundle that cannot be read or parsed
+    /// leaves the previous clients in place).
+    fn clients(&self) -> Arc<Clients> {
+        if let Some(ca) = &self.ca {
+            let mut seen = ca.seen.lock().expect("CA watch");
+            if seen.1.elapsed() >= CA_RECHECK {
+                seen.1 = Instant::now();
+                let stamp = FileStamp::of(&ca.path);
+                if stamp != seen.0 {
+                    seen.0 = stamp;
+                    let rebuilt = ca_bundle::read(&ca.path)
+                        .map_err(|e| TransportError::Config(e.to_string()))
+                        .and_then(|certificates| Clients::build(self.timeout, &certificates));
+                    match rebuilt {
+                        Ok(clients) => {
+                            tracing::info!(upstream = %self.base, path = %ca.path.display(), "CA bundle reloaded");
+                            *self.clients.write().expect("clients") = Arc::new(clients);
+                        }
+                        Err(e) => tracing::warn!(
+                            upstream = %self.base, error = %e,
+                            "CA bundle changed but cannot be used; keeping the previous one"
+                        ),
+                    }
+                }
+            }
+        }
+        self.clients.read().expect("clients").clone()
+    }
+}
+
+impl Clients {
+    fn build(
+        timeout: Duration,
+        certificates: &[reqwest::Certificate],
+    ) -> Result<Self, TransportError> {
         let build = |total: Option<Duration>| {
             let mut builder = reqwest::Client::builder()
                 .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -121,18 +188,25 @@ impl HttpTransport {
             if let Some(t) = total {
                 builder = builder.timeout(t);
             }
-            for cert in &certificates {
+            for cert in certificates {
                 builder = builder.add_root_certificate(cert.clone());
             }
             builder
                 .build()
                 .map_err(|e| TransportError::Config(e.to_string()))
         };
-        Ok(HttpTransport {
-            base: base_url.trim_end_matches('/').to_string(),
+        Ok(Clients {
             client: build(Some(timeout))?,
             stream_client: build(None)?,
         })
+    }
+}
+
+/// A request error in words ([`tls_error::explain`]).
+fn unreachable(url: &str, e: &reqwest::Error) -> TransportError {
+    TransportError::Unreachable {
+        url: url.to_string(),
+        detail: tls_error::explain(e, url),
     }
 }
 
@@ -144,15 +218,12 @@ impl Transport for HttpTransport {
 
     async fn send(&self, request: TransportRequest) -> Result<TransportResponse, TransportError> {
         let url = format!("{}{}", self.base, request.path);
-        let unreachable = |e: reqwest::Error| TransportError::Unreachable {
-            url: url.clone(),
-            detail: e.to_string(),
-        };
+        let clients = self.clients();
         let response = self
-            .prepare(&self.client, &url, request)
+            .prepare(&clients.client, &url, request)
             .send()
             .await
-            .map_err(unreachable)?;
+            .map_err(|e| unreachable(&url, &e))?;
         let status = response.status().as_u16();
         let header = |name: &str| {
             response
@@ -165,7 +236,7 @@ impl Transport for HttpTransport {
         let retry_after_secs = header("retry-after").and_then(|v| v.trim().parse().ok());
         let mut chunks = Vec::new();
         let mut response = response;
-        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+        while let Some(chunk) = response.chunk().await.map_err(|e| unreachable(&url, &e))? {
             chunks.push(chunk);
         }
         let body = Body::from_chunks(chunks);
@@ -179,22 +250,17 @@ impl Transport for HttpTransport {
 
     async fn stream(&self, request: TransportRequest) -> Result<ByteStream, TransportError> {
         let url = format!("{}{}", self.base, request.path);
+        let clients = self.clients();
         let response = self
-            .prepare(&self.stream_client, &url, request)
+            .prepare(&clients.stream_client, &url, request)
             .header("accept", "text/event-stream")
             .send()
             .await
-            .map_err(|e| TransportError::Unreachable {
-                url: url.clone(),
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| unreachable(&url, &e))?;
         let status = response.status().as_u16();
         let body = response
             .bytes_stream()
-            .map_err(move |e| TransportError::Unreachable {
-                url: url.clone(),
-                detail: e.to_string(),
-            })
+            .map_err(move |e| unreachable(&url, &e))
             .boxed();
         Ok(ByteStream { status, body })
     }

@@ -24,6 +24,8 @@ pub struct Cluster {
     // `members`) are deleted, instead of serving for a moment without their files.
     nodes: Vec<Option<Node>>,
     pub members: Vec<Member>,
+    /// `http`, or `https` for nodes configured with `tls` (their URLs and listening lines).
+    pub scheme: &'static str,
 }
 
 /// A free loopback port (bound and released; only used before any node starts).
@@ -62,6 +64,7 @@ impl Cluster {
         let cluster = Cluster {
             nodes: members.iter().map(|_| None).collect(),
             members,
+            scheme: "http",
         };
         cluster.write_directory(false);
         cluster
@@ -75,7 +78,7 @@ impl Cluster {
     }
 
     pub fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.members[i].port)
     }
 
     pub fn dir(&self, i: usize) -> PathBuf {
