@@ -340,8 +340,10 @@ struct Pod {
     ip: String,
     ready: bool,
     terminating: bool,
-    /// `app.kubernetes.io/instance`: the SyncNode for node pods.
+    /// `app.kubernetes.io/instance`: the SyncNode for node pods (and for its backup pods).
     instance: String,
+    /// `app.kubernetes.io/name`: `syncrelay-node` for node pods, `syncrelay-backup` for backups.
+    app: String,
     claim: Option<String>,
 }
 
@@ -358,6 +360,7 @@ impl Pod {
             }),
             terminating: !p["metadata"]["deletionTimestamp"].is_null(),
             instance: s(&p["metadata"]["labels"]["app.kubernetes.io/instance"]),
+            app: s(&p["metadata"]["labels"]["app.kubernetes.io/name"]),
             claim: p["spec"]["volumes"].as_array().and_then(|v| {
                 v.iter()
                     .find_map(|v| v["persistentVolumeClaim"]["claimName"].as_str())
@@ -795,7 +798,7 @@ fn origin_backup_and_restore(cluster: &Cluster, users: &Users, key: &[u8; 32], w
         cluster
             .pods(NS)
             .into_iter()
-            .filter(|p| p.instance == "acme-origin")
+            .filter(|p| p.instance == "acme-origin" && p.app == "syncrelay-node")
             .collect()
     };
     let more = sealed_entries(&users.alice, key, "before-backup", 10);
@@ -875,7 +878,14 @@ fn origin_backup_and_restore(cluster: &Cluster, users: &Users, key: &[u8; 32], w
         Some(total),
         "{backup}"
     );
-    assert_eq!(backup["lastSuccess"]["stores"], 1, "{backup}");
+    let status: Value =
+        serde_json::from_str(&http_get(&format!("{}/status", origin_pods()[0].url())).unwrap())
+            .unwrap();
+    assert_eq!(
+        backup["lastSuccess"]["stores"].as_u64(),
+        Some(status["stores"].as_array().unwrap().len() as u64),
+        "every store the origin lists: {backup}"
+    );
     assert!(
         backup["lastSuccess"]["completionTime"].is_string(),
         "{backup}"
@@ -885,57 +895,51 @@ fn origin_backup_and_restore(cluster: &Cluster, users: &Users, key: &[u8; 32], w
         .unwrap()
         .to_string();
 
-    // Every origin volume lost: the chain and the node set paused (the operator would scale them
-    // back), the StatefulSet scaled to 0, the claims deleted.
+    // Every copy lost: the origin's three volumes, and the relay (a full copy: left running, it
+    // pushes what it holds back into an empty origin by itself, which is how a chain with relays
+    // survives a lost origin; a backup is for when no copy is left). The chain and both node sets
+    // paused (the operator would scale them back), the StatefulSets scaled to 0, the origin's
+    // claims deleted.
     let before = origin_pods();
     let claims: Vec<String> = before.iter().filter_map(|p| p.claim.clone()).collect();
     assert_eq!(claims.len(), 3, "{before:?}");
-    cluster.ok(&[
-        "patch",
-        "syncchain",
-        "acme",
-        "-n",
-        NS,
-        "--type=merge",
-        "-p",
-        r#"{"spec": {"paused": true}}"#,
-    ]);
-    cluster.ok(&[
-        "patch",
-        "syncnode",
-        "acme-origin",
-        "-n",
-        NS,
-        "--type=merge",
-        "-p",
-        r#"{"spec": {"paused": true}}"#,
-    ]);
-    cluster.ok(&[
-        "scale",
-        "statefulset",
-        "acme-origin",
-        "-n",
-        NS,
-        "--replicas=0",
-    ]);
-    poll("the origin pods are gone", Duration::from_secs(180), || {
-        origin_pods().is_empty().then_some(())
-    });
+    let pause = |kind: &str, name: &str, paused: bool| {
+        cluster.ok(&[
+            "patch",
+            kind,
+            name,
+            "-n",
+            NS,
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"spec": {{"paused": {paused}}}}}"#),
+        ]);
+    };
+    pause("syncchain", "acme", true);
+    for node in ["acme-origin", "acme-eu"] {
+        pause("syncnode", node, true);
+        cluster.ok(&["scale", "statefulset", node, "-n", NS, "--replicas=0"]);
+    }
+    poll(
+        "the origin and relay pods are gone",
+        Duration::from_secs(180),
+        || {
+            cluster
+                .pods(NS)
+                .iter()
+                .all(|p| {
+                    p.app != "syncrelay-node"
+                        || (p.instance != "acme-origin" && p.instance != "acme-eu")
+                })
+                .then_some(())
+        },
+    );
     let mut delete = vec!["delete", "pvc", "-n", NS, "--wait=true"];
     delete.extend(claims.iter().map(String::as_str));
     cluster.ok(&delete);
-    // Resumed: the chain sets the node set's `paused` back, the operator scales it to 3 again,
+    // The origin resumed (the chain and relay stay paused): the operator scales it to 3 again,
     // and each pod starts on a new, empty volume.
-    cluster.ok(&[
-        "patch",
-        "syncchain",
-        "acme",
-        "-n",
-        NS,
-        "--type=merge",
-        "-p",
-        r#"{"spec": {"paused": false}}"#,
-    ]);
+    pause("syncnode", "acme-origin", false);
     let empty = poll(
         "three new, empty origin pods Ready",
         Duration::from_secs(240),
@@ -1003,6 +1007,8 @@ fn origin_backup_and_restore(cluster: &Cluster, users: &Users, key: &[u8; 32], w
             Duration::from_secs(30),
         );
     }
+    // The chain resumed: it unpauses the relay, which comes back with its own copy.
+    pause("syncchain", "acme", false);
     cluster.ok(&[
         "delete",
         "job",
@@ -1010,6 +1016,7 @@ fn origin_backup_and_restore(cluster: &Cluster, users: &Users, key: &[u8; 32], w
         "acme-origin-restore",
         "-n",
         NS,
+        "--cascade=foreground",
         "--wait=true",
     ]);
     cluster.wait_chain_ready(NS, "acme");
