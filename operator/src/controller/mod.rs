@@ -2,6 +2,7 @@
 //! apply with one field manager → status, with owner references for garbage collection and a
 //! per-object exponential backoff on errors.
 
+pub mod certificate;
 pub mod conditions;
 pub mod syncchain;
 pub mod syncnode;
@@ -50,6 +51,8 @@ pub struct Context {
     pub metrics: crate::metrics::Metrics,
     /// Optional APIs this cluster serves (asked once at start).
     pub served: ServedApis,
+    /// cert-manager's Certificate API found after the start (see `certificate`).
+    pub certificates_found: std::sync::atomic::AtomicBool,
     /// Per object: hash of the content last applied and the resourceVersion it produced.
     pub applied: Mutex<HashMap<String, (String, String)>>,
     /// Image of node pods whose SyncNode names none.
@@ -61,6 +64,8 @@ pub struct Context {
 pub struct ServedApis {
     pub pdb_v1: bool,
     pub service_monitor: bool,
+    /// cert-manager.io/v1 Certificate.
+    pub certificate: bool,
 }
 
 impl ServedApis {
@@ -84,6 +89,7 @@ impl ServedApis {
                     .await,
                 "ServiceMonitor",
             ),
+            certificate: certificate::served(client).await,
         }
     }
 }
@@ -108,6 +114,7 @@ impl Context {
                 .expect("HTTP client"),
             metrics: crate::metrics::Metrics::new(),
             served,
+            certificates_found: std::sync::atomic::AtomicBool::new(false),
             applied: Mutex::new(HashMap::new()),
             node_image: crate::render::workload::DEFAULT_IMAGE.into(),
         }
