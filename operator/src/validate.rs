@@ -72,14 +72,13 @@ pub fn tls(tls: &TlsSpec) -> Vec<SpecError> {
     match &tls.issuer_ref {
         None if tls.secret_name.is_none() => errors.push(SpecError::TlsSource),
         None if !tls.dns_names.is_empty() => errors.push(SpecError::TlsNamesWithoutIssuer),
-        None => {}
-        Some(issuer) => {
+        Some(issuer)
             if issuer.group == "cert-manager.io"
-                && !matches!(issuer.kind.as_str(), "Issuer" | "ClusterIssuer")
-            {
-                errors.push(SpecError::IssuerKind(issuer.kind.clone()));
-            }
+                && !matches!(issuer.kind.as_str(), "Issuer" | "ClusterIssuer") =>
+        {
+            errors.push(SpecError::IssuerKind(issuer.kind.clone()));
         }
+        _ => {}
     }
     errors.extend(
         tls.dns_names

@@ -259,7 +259,10 @@ async fn helm_install_creates_the_operators_objects() {
             .cloned()
             .unwrap_or_else(|| panic!("no rule for {resource}"))
     };
-    assert_eq!(rule_for("syncnodes/status").verbs, vec!["patch".to_string()]);
+    assert_eq!(
+        rule_for("syncnodes/status").verbs,
+        vec!["patch".to_string()]
+    );
     // What the operator does to a node's cert-manager Certificate: read, apply, remove.
     let certificates = rule_for("certificates");
     assert_eq!(
