@@ -198,13 +198,61 @@ pub struct ServiceSpec {
     pub annotations: BTreeMap<String, String>,
 }
 
-/// TLS for the node's listener, from a Secret (e.g. issued by cert-manager) with `tls.crt`,
-/// `tls.key` and `ca.crt`; clients of the next hop trust `ca.crt`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// TLS for the node's listener, from a Secret with `tls.crt`, `tls.key` and `ca.crt`; clients of
+/// the next hop trust `ca.crt`. With `issuerRef` the operator has cert-manager issue and renew that
+/// Secret (a `Certificate` for every DNS name the node is reached by).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {
-    /// Secret of type kubernetes.io/tls in the same namespace, with `tls.crt`, `tls.key` and `ca.crt`.
-    pub secret_name: String,
+    /// Secret of type kubernetes.io/tls in the same namespace, with `tls.crt`, `tls.key` and
+    /// `ca.crt`. Required without `issuerRef`; with it, defaults to `<node>-tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
+    /// A cert-manager issuer: the operator renders a cert-manager.io/v1 `Certificate` writing
+    /// `secretName` (only where cert-manager's API is served; otherwise `Ready=False`, reason
+    /// `CertManagerMissing`, and the pods wait for the Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+    /// Further DNS names of the certificate besides the Service's and the pods' own (e.g. the
+    /// hostname of a LoadBalancer that other clusters use). Only with `issuerRef`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub dns_names: Vec<String>,
+}
+
+impl TlsSpec {
+    /// The Secret the node serves from: `secretName`, or `<node>-tls` when cert-manager issues it.
+    pub fn secret(&self, node: &str) -> String {
+        self.secret_name
+            .clone()
+            .unwrap_or_else(|| format!("{node}-tls"))
+    }
+}
+
+fn default_issuer_kind() -> String {
+    "Issuer".into()
+}
+
+fn default_issuer_group() -> String {
+    "cert-manager.io".into()
+}
+
+/// The cert-manager issuer of a node's certificate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Name of the Issuer (same namespace) or ClusterIssuer.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// `Issuer` (default) or `ClusterIssuer`; an external issuer's own kind with its `group`.
+    #[serde(default = "default_issuer_kind")]
+    #[schemars(length(min = 1, max = 63))]
+    pub kind: String,
+    /// API group of the issuer: `cert-manager.io` (default) or an external issuer's group.
+    #[serde(default = "default_issuer_group")]
+    #[schemars(length(min = 1, max = 253))]
+    pub group: String,
 }
 
 /// Where the pods may run (copied into the pod spec as is).

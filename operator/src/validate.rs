@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use syncrelay_node::config::Role;
 
-use crate::crd::{SyncChainSpec, SyncNodeSpec, UpstreamRef};
+use crate::crd::{SyncChainSpec, SyncNodeSpec, TlsSpec, UpstreamRef};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
@@ -38,6 +38,55 @@ pub enum SpecError {
         "backup: schedule {0:?} is not a cron schedule (five fields, or @hourly, @daily, ...)"
     )]
     BackupSchedule(String),
+    #[error("tls: name a secretName, or an issuerRef for cert-manager to issue one")]
+    TlsSource,
+    #[error("tls.dnsNames: extra names are only used with an issuerRef")]
+    TlsNamesWithoutIssuer,
+    #[error("tls.dnsNames: {0:?} is not a DNS name (lowercase labels, optionally a leading *.)")]
+    TlsDnsName(String),
+    #[error("tls.issuerRef: kind {0:?} of group cert-manager.io must be Issuer or ClusterIssuer")]
+    IssuerKind(String),
+}
+
+/// Whether `name` is a DNS subdomain a certificate can carry: lowercase RFC 1123 labels of at most
+/// 63 characters, 253 in all, the first optionally the wildcard `*`.
+pub fn dns_name(name: &str) -> bool {
+    let rest = name.strip_prefix("*.").unwrap_or(name);
+    name.len() <= 253
+        && !rest.is_empty()
+        && rest.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// Checks a node's TLS settings: a Secret or an issuer to make it, extra names only for an
+/// issuer, and cert-manager's own issuer kinds.
+pub fn tls(tls: &TlsSpec) -> Vec<SpecError> {
+    let mut errors = Vec::new();
+    match &tls.issuer_ref {
+        None if tls.secret_name.is_none() => errors.push(SpecError::TlsSource),
+        None if !tls.dns_names.is_empty() => errors.push(SpecError::TlsNamesWithoutIssuer),
+        Some(issuer)
+            if issuer.group == "cert-manager.io"
+                && !matches!(issuer.kind.as_str(), "Issuer" | "ClusterIssuer") =>
+        {
+            errors.push(SpecError::IssuerKind(issuer.kind.clone()));
+        }
+        _ => {}
+    }
+    errors.extend(
+        tls.dns_names
+            .iter()
+            .filter(|n| !dns_name(n))
+            .map(|n| SpecError::TlsDnsName(n.chars().take(260).collect())),
+    );
+    errors
 }
 
 /// Whether `schedule` has the shape of a cron schedule the CronJob controller takes: five fields
@@ -93,6 +142,9 @@ pub fn sync_node(name: &str, spec: &SyncNodeSpec) -> Result<(), Vec<SpecError>> 
         }
         _ => {}
     }
+    if let Some(t) = &spec.tls {
+        errors.extend(tls(t));
+    }
     if let Some(backup) = &spec.backup {
         if !spec.role.has_local_copy() {
             errors.push(SpecError::BackupRole(spec.role.as_str()));
@@ -136,6 +188,9 @@ pub fn sync_chain(spec: &SyncChainSpec) -> Result<(), Vec<SpecError>> {
     for n in &spec.nodes {
         if n.role == Role::Peer {
             errors.push(SpecError::PeerInChain(n.name.clone()));
+        }
+        if let Some(t) = &n.tls {
+            errors.extend(tls(t));
         }
         if n.role == Role::Origin && !n.upstreams.is_empty() {
             errors.push(SpecError::OriginWithUpstream(n.name.clone()));
@@ -402,6 +457,60 @@ mod tests {
             let errors = sync_chain(&spec).unwrap_err();
             assert!(errors.contains(&expected), "{expected:?} not in {errors:?}");
         }
+    }
+
+    #[test]
+    fn tls_needs_a_secret_or_an_issuer_and_sane_names() {
+        let spec = |tls: serde_json::Value| -> SyncNodeSpec {
+            serde_json::from_value(serde_json::json!({
+                "role": "origin", "directorySecret": "d", "tls": tls
+            }))
+            .unwrap()
+        };
+        assert!(sync_node("n", &spec(serde_json::json!({"secretName": "s"}))).is_ok());
+        assert!(sync_node("n", &spec(serde_json::json!({"issuerRef": {"name": "ca"}}))).is_ok());
+        let external = serde_json::json!({"issuerRef": {"name": "pca", "kind": "AWSPCAClusterIssuer",
+            "group": "awspca.cert-manager.io"}, "dnsNames": ["*.sync.example.com", "a-1.example"]});
+        assert!(sync_node("n", &spec(external)).is_ok());
+        assert_eq!(
+            sync_node("n", &spec(serde_json::json!({}))),
+            Err(vec![SpecError::TlsSource])
+        );
+        assert_eq!(
+            sync_node(
+                "n",
+                &spec(serde_json::json!({"secretName": "s", "dnsNames": ["a.example"]}))
+            ),
+            Err(vec![SpecError::TlsNamesWithoutIssuer])
+        );
+        assert_eq!(
+            sync_node(
+                "n",
+                &spec(serde_json::json!({"issuerRef": {"name": "ca", "kind": "Issuers"}}))
+            ),
+            Err(vec![SpecError::IssuerKind("Issuers".into())])
+        );
+        let long = format!("{}.example", "a".repeat(64));
+        for bad in [
+            "",
+            "UPPER.example",
+            "a..b",
+            "-a.example",
+            "a.*.example",
+            "*.",
+            long.as_str(),
+        ] {
+            let tls = serde_json::json!({"issuerRef": {"name": "ca"}, "dnsNames": [bad]});
+            assert_eq!(
+                sync_node("n", &spec(tls)),
+                Err(vec![SpecError::TlsDnsName(bad.to_string())]),
+                "{bad:?}"
+            );
+        }
+        // A chain node is checked the same way.
+        let mut c = chain(vec![node("o", Role::Origin, &[])], false);
+        c.nodes[0].tls = Some(TlsSpec::default());
+        assert_eq!(sync_chain(&c), Err(vec![SpecError::TlsSource]));
     }
 
     #[test]

@@ -247,12 +247,29 @@ async fn helm_install_creates_the_operators_objects() {
     );
     let roles: Api<ClusterRole> = Api::all(client);
     let role = roles.get("syncrelay").await.unwrap();
-    let status_rule = role.rules.unwrap().into_iter().find(|r| {
-        r.resources
-            .as_ref()
-            .is_some_and(|res| res.contains(&"syncnodes/status".to_string()))
-    });
-    assert_eq!(status_rule.unwrap().verbs, vec!["patch".to_string()]);
+    let rules = role.rules.unwrap();
+    let rule_for = |resource: &str| {
+        rules
+            .iter()
+            .find(|r| {
+                r.resources
+                    .as_ref()
+                    .is_some_and(|res| res.iter().any(|x| x == resource))
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no rule for {resource}"))
+    };
+    assert_eq!(
+        rule_for("syncnodes/status").verbs,
+        vec!["patch".to_string()]
+    );
+    // What the operator does to a node's cert-manager Certificate: read, apply, remove.
+    let certificates = rule_for("certificates");
+    assert_eq!(
+        certificates.api_groups,
+        Some(vec!["cert-manager.io".to_string()])
+    );
+    assert_eq!(certificates.verbs, ["get", "create", "patch", "delete"]);
 }
 
 /// Every SyncChain in examples/ parses into the CRD type and passes the operator's validation

@@ -1559,6 +1559,23 @@ fn multi_region(cluster: &Cluster, bin_dir: &Path, keys: &Path, users: &Users, k
         serde_yaml::to_string(&directory).unwrap().into();
     cluster.apply_value(CENTRAL, &central_directory);
 
+    // cert-manager's Certificate API (the tests' faithful subset of its CRD; no cert-manager image
+    // here): the operator writes the Certificate, and the test plays the issuer by having put the
+    // Secret it would write (`central-origin-tls`, above).
+    cluster.ok(&[
+        "apply",
+        "-f",
+        workspace()
+            .join("operator/tests/fixtures/cert-manager-certificates-crd.yaml")
+            .to_str()
+            .unwrap(),
+    ]);
+    cluster.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/certificates.cert-manager.io",
+        "--timeout=60s",
+    ]);
     apply_example(
         cluster,
         CENTRAL,
@@ -1575,6 +1592,28 @@ fn multi_region(cluster: &Cluster, bin_dir: &Path, keys: &Path, users: &Users, k
         );
     }
     cluster.wait_chain_ready(CENTRAL, "central");
+    let certificate = cluster.json(&[
+        "get",
+        "certificates.cert-manager.io",
+        "central-origin",
+        "-n",
+        CENTRAL,
+    ]);
+    assert_eq!(certificate["spec"]["secretName"], "central-origin-tls");
+    assert_eq!(certificate["spec"]["issuerRef"]["name"], "sync-ca");
+    let names: Vec<&str> = certificate["spec"]["dnsNames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for name in [
+        "central-origin.central.svc.cluster.local",
+        "central-origin-0.central-origin-peers.central.svc.cluster.local",
+        "origin.sync.example.com",
+    ] {
+        assert!(names.contains(&name), "{name} not in {names:?}");
+    }
     for (region, ns) in regions {
         cluster.wait_chain_ready(ns, region);
     }

@@ -3,6 +3,7 @@
 //! per-object exponential backoff on errors.
 
 pub mod backup;
+pub mod certificate;
 pub mod conditions;
 pub mod syncchain;
 pub mod syncnode;
@@ -51,6 +52,8 @@ pub struct Context {
     pub metrics: crate::metrics::Metrics,
     /// Optional APIs this cluster serves (asked once at start).
     pub served: ServedApis,
+    /// cert-manager's Certificate API found after the start (see `certificate`).
+    pub certificates_found: std::sync::atomic::AtomicBool,
     /// Per object: hash of the content last applied and the resourceVersion it produced.
     pub applied: Mutex<HashMap<String, (String, String)>>,
     /// Image of node pods whose SyncNode names none.
@@ -64,6 +67,8 @@ pub struct ServedApis {
     pub service_monitor: bool,
     /// `batch/v1` (Kubernetes 1.21+) or `batch/v1beta1` (1.20): where backup CronJobs go.
     pub cron_job: Option<&'static str>,
+    /// cert-manager.io/v1 Certificate.
+    pub certificate: bool,
 }
 
 impl ServedApis {
@@ -97,6 +102,7 @@ impl ServedApis {
             } else {
                 None
             },
+            certificate: certificate::served(client).await,
         }
     }
 }
@@ -121,6 +127,7 @@ impl Context {
                 .expect("HTTP client"),
             metrics: crate::metrics::Metrics::new(),
             served,
+            certificates_found: std::sync::atomic::AtomicBool::new(false),
             applied: Mutex::new(HashMap::new()),
             node_image: crate::render::workload::DEFAULT_IMAGE.into(),
         }

@@ -173,7 +173,11 @@ async fn resolve_upstreams(
                 Some(up) => out.push(ResolvedUpstream {
                     name: node.clone(),
                     url: cfg::service_url(node, namespace, up.spec.tls.is_some()),
-                    ca_secret: up.spec.tls.as_ref().map(|t| t.secret_name.clone()),
+                    ca_secret: cfg::upstream_ca_secret(
+                        u.ca_secret.as_deref(),
+                        node,
+                        up.spec.tls.as_ref(),
+                    ),
                 }),
                 None => {
                     return Ok(Err(format!(
@@ -325,6 +329,8 @@ pub async fn reconcile(sn: Arc<SyncNode>, ctx: Arc<Context>) -> Result<Action, E
             }
         }
     }
+    // The certificate before the workload that mounts its Secret.
+    let certificate = super::certificate::reconcile(&ctx, &sn, &name, &namespace).await?;
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
     let deploy_api: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
     let (ready_replicas, updated) = match workload::workload(&name, &namespace, &sn.spec, &inputs) {
@@ -412,7 +418,7 @@ pub async fn reconcile(sn: Arc<SyncNode>, ctx: Arc<Context>) -> Result<Action, E
     // A TLS node's certificate is usually issued by a private CA (cert-manager): read its status
     // trusting the `ca.crt` of its TLS Secret, as the next hop does.
     let tls_client = match &sn.spec.tls {
-        Some(tls) => status_client_for(&client, &namespace, &tls.secret_name).await,
+        Some(tls) => status_client_for(&client, &namespace, &tls.secret(&name)).await,
         None => None,
     };
     let report = fetch_status(tls_client.as_ref().unwrap_or(&ctx.http), &status_url).await;
@@ -430,6 +436,16 @@ pub async fn reconcile(sn: Arc<SyncNode>, ctx: Arc<Context>) -> Result<Action, E
             format!("{} is not connected to an upstream", r.name),
         ),
         None => (false, "NoStatus", format!("no answer from {status_url}")),
+    };
+    let tls_secret = sn.spec.tls.as_ref().map(|t| t.secret(&name));
+    let cert_missing = certificate.not_ready(&name, tls_secret.as_deref().unwrap_or_default());
+    // Announced once, after the status write (as the upstream transition below).
+    let cert_event = cert_missing
+        .clone()
+        .filter(|_| super::certificate::announce(&old.conditions, &certificate));
+    let (ready, ready_reason, ready_message) = match cert_missing {
+        Some((reason, message)) => (false, reason, message),
+        None => (ready, ready_reason, ready_message),
     };
     let upstream = super::upstream::condition(
         sn.spec.role,
@@ -512,6 +528,9 @@ pub async fn reconcile(sn: Arc<SyncNode>, ctx: Arc<Context>) -> Result<Action, E
     // After the write: a failed write is retried, and announces the change then.
     if let Some(a) = announcement {
         ctx.event(sn.as_ref(), a.warning, &a.reason, a.note).await;
+    }
+    if let Some((reason, message)) = cert_event {
+        ctx.event(sn.as_ref(), true, reason, message).await;
     }
     ctx.reset_backoff(&format!("SyncNode/{namespace}/{name}"));
     Ok(Action::requeue(REFRESH))

@@ -177,7 +177,7 @@ pub fn cron_job(
         mount("tmp", "/tmp", false),
     ];
     if let Some(tls) = &spec.tls {
-        volumes.push(secret_volume("tls", &tls.secret_name, &["ca.crt"]));
+        volumes.push(secret_volume("tls", &tls.secret(node), &["ca.crt"]));
         mounts.push(mount("tls", paths::TLS_DIR, true));
     }
     let container = Container {
@@ -269,7 +269,8 @@ mod tests {
                 .unwrap();
         if tls {
             spec.tls = Some(TlsSpec {
-                secret_name: "origin-tls".into(),
+                secret_name: Some("origin-tls".into()),
+                ..TlsSpec::default()
             });
         }
         let backup = BackupSpec {

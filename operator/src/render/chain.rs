@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use kube::api::ObjectMeta;
 use syncrelay_node::directory::{DirectoryFile, ServerEntry};
 
-use super::config::node_identity_name;
+use super::config::{node_identity_name, upstream_ca_secret};
 use crate::crd::{ChainNode, SyncChainSpec, SyncNode, SyncNodeSpec, UpstreamRef};
 
 pub const CHAIN_LABEL: &str = "syncrelay.io/chain";
@@ -27,9 +27,19 @@ fn node_spec(chain: &str, spec: &SyncChainSpec, n: &ChainNode) -> SyncNodeSpec {
     } else {
         n.upstreams
             .iter()
-            .map(|u| UpstreamRef {
-                node: Some(node_name(chain, u)),
-                ..UpstreamRef::default()
+            .map(|u| {
+                let node = node_name(chain, u);
+                // A hop trusts its upstream's CA: the `ca.crt` of the upstream's TLS Secret.
+                let tls = spec
+                    .nodes
+                    .iter()
+                    .find(|m| &m.name == u)
+                    .and_then(|m| m.tls.as_ref());
+                UpstreamRef {
+                    ca_secret: upstream_ca_secret(None, &node, tls),
+                    node: Some(node),
+                    ..UpstreamRef::default()
+                }
             })
             .collect()
     };
@@ -160,6 +170,46 @@ mod tests {
             Some("https://central.example:1661")
         );
         assert_eq!(nodes[1].spec.upstreams[0].node.as_deref(), Some("eu-relay"));
+    }
+
+    #[test]
+    fn a_hop_trusts_the_ca_of_its_tls_upstream() {
+        let spec: SyncChainSpec = serde_json::from_value(serde_json::json!({
+            "directorySecret": "acme",
+            "nodes": [
+                {"name": "origin", "role": "origin", "tls": {"issuerRef": {"name": "ca"}}},
+                {"name": "relay", "role": "relay", "upstreams": ["origin"],
+                 "tls": {"secretName": "relay-cert"}},
+                {"name": "edge", "role": "edge", "upstreams": ["relay"]},
+                {"name": "plain", "role": "edge", "upstreams": ["edge"]}
+            ]
+        }))
+        .unwrap();
+        let nodes = sync_nodes("acme", "sync", &spec);
+        // cert-manager's default Secret name of the upstream, then a Secret the user named.
+        assert_eq!(
+            nodes[1].spec.upstreams[0].ca_secret.as_deref(),
+            Some("acme-origin-tls")
+        );
+        assert_eq!(
+            nodes[2].spec.upstreams[0].ca_secret.as_deref(),
+            Some("relay-cert")
+        );
+        // An upstream without TLS: nothing to trust.
+        assert_eq!(nodes[3].spec.upstreams[0].ca_secret, None);
+        // The issuer travels with the node.
+        assert_eq!(
+            nodes[0]
+                .spec
+                .tls
+                .as_ref()
+                .unwrap()
+                .issuer_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "ca"
+        );
     }
 
     #[test]

@@ -11,8 +11,8 @@ use syncrelay_node::config::{
     CacheConfig, LogFormat, NodeConfig, RemoteConfig, StorageConfig, StorageKind, TlsConfig,
 };
 
-use super::{config_map_name, is_stateful, labels, paths, peers_service_name};
-use crate::crd::{SyncNodeSpec, NODE_PORT};
+use super::{config_map_name, has_peers, labels, paths, peer_host, CLUSTER_DOMAIN};
+use crate::crd::{SyncNodeSpec, TlsSpec, NODE_PORT};
 
 /// An upstream as the reconciler resolved it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +26,20 @@ pub struct ResolvedUpstream {
 /// In-cluster base URL of a node's client Service.
 pub fn service_url(node: &str, namespace: &str, tls: bool) -> String {
     let scheme = if tls { "https" } else { "http" };
-    format!("{scheme}://{node}.{namespace}.svc.cluster.local:{NODE_PORT}")
+    format!("{scheme}://{node}.{namespace}.svc.{CLUSTER_DOMAIN}:{NODE_PORT}")
+}
+
+/// The CA bundle Secret a node trusts for an upstream SyncNode: the one the reference names, else
+/// the upstream's own TLS Secret (its `ca.crt`: cert-manager's CA-type issuers write it there), else
+/// none (plain HTTP upstream).
+pub fn upstream_ca_secret(
+    named: Option<&str>,
+    upstream_node: &str,
+    upstream_tls: Option<&TlsSpec>,
+) -> Option<String> {
+    named
+        .map(str::to_string)
+        .or_else(|| upstream_tls.map(|t| t.secret(upstream_node)))
 }
 
 /// The name a node authenticates with upstream (registered there as a trusted server).
@@ -89,15 +102,12 @@ pub fn node_config(
         .collect();
     // Replicas of a node set with local copies find each other through the headless Service and
     // sync as peers; each pod skips itself (same list in every pod).
-    if is_stateful(spec.role) && spec.replicas > 1 {
+    if has_peers(spec) {
         let scheme = if spec.tls.is_some() { "https" } else { "http" };
         config.peers = (0..spec.replicas)
             .map(|i| RemoteConfig {
                 name: format!("{node}-{i}"),
-                url: format!(
-                    "{scheme}://{node}-{i}.{}.{namespace}.svc.cluster.local:{NODE_PORT}",
-                    peers_service_name(node)
-                ),
+                url: format!("{scheme}://{}:{NODE_PORT}", peer_host(node, i, namespace)),
                 ca_file: spec
                     .tls
                     .as_ref()
@@ -132,5 +142,39 @@ pub fn config_map(node: &str, namespace: &str, spec: &SyncNodeSpec, yaml: &str) 
             yaml.to_string(),
         )])),
         ..ConfigMap::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upstream_node_s_ca_is_its_tls_secret_unless_one_is_named() {
+        let issued = TlsSpec {
+            issuer_ref: Some(crate::crd::IssuerRef {
+                name: "ca".into(),
+                kind: "Issuer".into(),
+                group: "cert-manager.io".into(),
+            }),
+            ..TlsSpec::default()
+        };
+        assert_eq!(
+            upstream_ca_secret(None, "origin", Some(&issued)).as_deref(),
+            Some("origin-tls")
+        );
+        let own = TlsSpec {
+            secret_name: Some("mine".into()),
+            ..TlsSpec::default()
+        };
+        assert_eq!(
+            upstream_ca_secret(None, "origin", Some(&own)).as_deref(),
+            Some("mine")
+        );
+        assert_eq!(
+            upstream_ca_secret(Some("corp-ca"), "origin", Some(&own)).as_deref(),
+            Some("corp-ca")
+        );
+        assert_eq!(upstream_ca_secret(None, "origin", None), None);
     }
 }

@@ -3,9 +3,11 @@
 //!
 //! Names: Service `<node>`, headless Service `<node>-peers` (replicas > 1), ConfigMap `<node>-config`,
 //! identity Secret `<node>-identity`, StatefulSet or Deployment `<node>`, and with `spec.backup` a
-//! PersistentVolumeClaim and CronJob `<node>-backup`.
+//! PersistentVolumeClaim and CronJob `<node>-backup`; with `spec.tls.issuerRef` a cert-manager
+//! Certificate `<node>` writing Secret `<node>-tls` (or `spec.tls.secretName`).
 
 pub mod backup;
+pub mod certificate;
 pub mod chain;
 pub mod config;
 pub mod monitoring;
@@ -31,6 +33,8 @@ pub mod paths {
 pub const FIELD_MANAGER: &str = "syncrelay-operator";
 pub const CONFIG_HASH_ANNOTATION: &str = "syncrelay.io/config-hash";
 pub const NODE_LABEL: &str = "syncrelay.io/node";
+/// The cluster's DNS domain (the kubelet's `clusterDomain`; the operator assumes the default).
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
 
 pub fn config_map_name(node: &str) -> String {
     format!("{node}-config")
@@ -42,6 +46,20 @@ pub fn identity_secret_name(node: &str) -> String {
 
 pub fn peers_service_name(node: &str) -> String {
     format!("{node}-peers")
+}
+
+/// Whether a node set's replicas sync with each other as peers through the headless Service.
+pub fn has_peers(spec: &crate::crd::SyncNodeSpec) -> bool {
+    is_stateful(spec.role) && spec.replicas > 1
+}
+
+/// Fully qualified DNS name of replica `i` of a node set, through its headless Service (what its
+/// peers dial).
+pub fn peer_host(node: &str, i: i32, namespace: &str) -> String {
+    format!(
+        "{node}-{i}.{}.{namespace}.svc.{CLUSTER_DOMAIN}",
+        peers_service_name(node)
+    )
 }
 
 /// Labels selecting a node's pods (stable: part of the workload selector).

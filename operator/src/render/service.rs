@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec as K8sServiceSpec};
 use kube::api::ObjectMeta;
 
-use super::{is_stateful, labels, peers_service_name, selector_labels};
+use super::{has_peers, labels, peers_service_name, selector_labels};
 use crate::crd::{ServiceType, SyncNodeSpec, NODE_PORT};
 
 fn port() -> ServicePort {
@@ -50,7 +50,7 @@ pub fn client_service(node: &str, namespace: &str, spec: &SyncNodeSpec) -> Servi
 
 /// Headless Service giving each replica a stable DNS name (`<node>-<i>.<node>-peers`).
 pub fn peers_service(node: &str, namespace: &str, spec: &SyncNodeSpec) -> Option<Service> {
-    if !(is_stateful(spec.role) && spec.replicas > 1) {
+    if !has_peers(spec) {
         return None;
     }
     Some(Service {

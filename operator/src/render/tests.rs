@@ -144,7 +144,8 @@ fn config_changes_change_the_pod_template_hash_and_nothing_else_does() {
 fn pods_are_locked_down_and_mount_what_the_config_names() {
     let mut s = spec(Role::Edge, 2);
     s.tls = Some(TlsSpec {
-        secret_name: "edge-tls".into(),
+        secret_name: Some("edge-tls".into()),
+        ..TlsSpec::default()
     });
     let (config, w) = render("edge", &s, &upstream());
     let Workload::Deployment(d) = w else {

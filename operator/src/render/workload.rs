@@ -116,7 +116,7 @@ pub fn pod_template(node: &str, spec: &SyncNodeSpec, inputs: &PodInputs<'_>) -> 
         });
     }
     if let Some(tls) = &spec.tls {
-        volumes.push(secret_volume("tls", &tls.secret_name, None));
+        volumes.push(secret_volume("tls", &tls.secret(node), None));
         mounts.push(mount("tls", paths::TLS_DIR));
     }
     for (i, u) in inputs.upstreams.iter().enumerate() {
