@@ -61,9 +61,9 @@ pub enum LinkKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LinkState {
-    /// Reachable, nothing left to pull.
+    /// Reachable, and a pass since it became reachable found nothing left to pull.
     Current,
-    /// Reachable, behind, and entries are moving.
+    /// Reachable, behind (or the lag not learned yet since it became reachable), and moving.
     CatchingUp,
     /// Reachable and behind, but nothing moved for `sync.stallAfterMs`.
     Stalled,

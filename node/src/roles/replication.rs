@@ -259,7 +259,7 @@ async fn sync_with_link(
         }
         record_pass(node, link, id, Direction::Pull, &report);
         link.observe(Observation::Reachable {
-            lag: Some(link.pull_lag()),
+            lag: link.known_pull_lag(),
             moved: report.transferred > 0 || report.lag < lag_before,
             error: link.pull_outcome(id, None),
         });
@@ -338,9 +338,12 @@ async fn observe_failed_pull(
     let observation = match remote.get_store_head().await {
         Ok(head) => {
             let lag = cursor.lag_to(&head);
-            link.update_figures(id, |f| f.pull_lag = lag);
+            link.update_figures(id, |f| {
+                f.pull_lag = lag;
+                f.pull_lag_known = true;
+            });
             Observation::Reachable {
-                lag: Some(link.pull_lag()),
+                lag: link.known_pull_lag(),
                 moved: lag < lag_before,
                 error: link.pull_outcome(id, Some(error.to_string())),
             }
@@ -408,6 +411,7 @@ fn record_pass(
         match direction {
             Direction::Pull => {
                 f.pull_lag = report.lag;
+                f.pull_lag_known = true;
                 f.pulled += report.transferred;
                 f.pull_held = report.held;
             }
@@ -422,7 +426,8 @@ fn record_pass(
     });
 }
 
-/// Counts a failed pass and logs it once per new failure, not once per retry of the same outage.
+/// Counts a failed pass and logs it once per new failure of this (link, store), not once per
+/// retry of the same outage.
 fn record_failure(node: &Node, link: &Link, id: &StoreId, error: &StoreError) {
     let kind = if error.is_transient() {
         "transient"
@@ -433,7 +438,7 @@ fn record_failure(node: &Node, link: &Link, id: &StoreId, error: &StoreError) {
         .sync_errors
         .with_label_values(&[&link.name, kind])
         .inc();
-    if link.record_error(error) {
+    if link.record_store_error(id, error) {
         tracing::warn!(link = %link.name, store = %id, error = %error, "sync pass failed");
     } else {
         tracing::debug!(link = %link.name, store = %id, error = %error, "sync pass failed again");
@@ -482,7 +487,7 @@ async fn sync_store(node: &SharedNode, id: &StoreId, want: Want) {
         }
         match sync_with_link(node, &link, id, want).await {
             Ok(()) => {
-                link.record_success();
+                link.record_store_success(id);
                 upstream_served |= link.kind == LinkKind::Upstream;
             }
             Err(e) => record_failure(node, &link, id, &e),

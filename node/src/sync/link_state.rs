@@ -5,15 +5,19 @@
 //!
 //! - `down`: the last observation found the upstream unreachable (no HTTP answer, or a gateway
 //!   error from in front of it).
-//! - `current`: reachable, and nothing past the cursors (lag 0).
-//! - `catching-up`: reachable, behind, and it moved (entries stored, or the lag shrank) within the
-//!   last `stall_after`.
-//! - `stalled`: reachable and behind, and nothing moved for `stall_after` — counted from the
-//!   latest of: the last movement, the moment it fell behind, the moment it became reachable
-//!   again (an outage is `down`, not `stalled`).
+//! - `current`: reachable, and a pass made since it last became reachable found nothing past
+//!   the cursors (lag 0). Only an observation that carries a lag says so.
+//! - `catching-up`: reachable, behind — or its lag not known yet — and it moved (entries stored,
+//!   or the lag shrank) within the last `stall_after`.
+//! - `stalled`: reachable and behind (or lag unknown), and nothing moved for `stall_after` —
+//!   counted from the latest of: the last movement, the moment it fell behind, the moment it
+//!   became reachable again (an outage is `down`, not `stalled`).
 //!
-//! A link that answers but fails every pass without a known lag (say, it refuses this node's
-//! login) counts as behind: it is not current, and nothing moves.
+//! The lag is forgotten whenever the link becomes reachable (first observation, or the end of an
+//! outage): entries written upstream meanwhile are missing until a pass learns the new lag, so
+//! the lag learned before does not make it `current`. A link that answers but never learns a lag
+//! (say, it refuses this node's login, or its first pass is still running) counts as behind: it
+//! is not current, and it stalls if nothing moves.
 
 use crate::status::LinkState;
 
@@ -76,13 +80,14 @@ impl LinkTracker {
             Observation::Reachable { lag, moved, error } => {
                 if !self.observed || !self.reachable {
                     self.reachability_since_ms = now_ms;
+                    // What was missed while it was away is unknown until a pass says.
+                    self.lag = None;
                 }
                 self.reachable = true;
                 if lag.is_some() {
                     self.lag = lag;
                 }
-                let failing_blind = error.is_some() && lag.is_none() && self.lag.is_none();
-                let behind = self.lag.is_some_and(|l| l > 0) || failing_blind;
+                let behind = self.lag != Some(0);
                 match (behind, self.behind_since_ms) {
                     (true, None) => self.behind_since_ms = Some(now_ms),
                     (false, Some(_)) => {
@@ -173,7 +178,7 @@ impl LinkTracker {
         }
         let lag = match self.lag {
             Some(l) => format!("{l} entries behind"),
-            None => "behind (lag unknown)".into(),
+            None => "behind (lag unknown until a pass completes)".into(),
         };
         let quiet = now_ms.saturating_sub(self.quiet_since()).max(0);
         let why = error
@@ -335,5 +340,57 @@ mod tests {
         assert_eq!(later.since_ms, first.since_ms);
         t.observe(60_000, gone());
         assert_eq!(t.report(61_000, STALL).since_ms, Some(60_000));
+    }
+
+    fn moving_blind() -> Observation {
+        // A page of a pass stored: movement, no lag yet (the pass has not finished).
+        Observation::Reachable {
+            lag: None,
+            moved: true,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_first_pass_still_running_is_catching_up_not_current() {
+        let mut t = LinkTracker::default();
+        t.observe(1_000, moving_blind());
+        let v = t.report(1_500, STALL);
+        assert_eq!(v.state, LinkState::CatchingUp, "{v:?}");
+        assert!(v.reason.contains("lag unknown"), "{}", v.reason);
+        // Still no lag learned and nothing moving: it stalls, never turns current.
+        assert_eq!(t.report(1_000 + STALL, STALL).state, LinkState::Stalled);
+        t.observe(1_000 + STALL + 1, up(0, true));
+        assert_eq!(t.report(1_000 + STALL + 2, STALL).state, LinkState::Current);
+    }
+
+    #[test]
+    fn back_from_an_outage_the_old_lag_does_not_make_it_current() {
+        let mut t = LinkTracker::default();
+        t.observe(0, up(0, false));
+        assert_eq!(t.report(1, STALL).state, LinkState::Current);
+        t.observe(10_000, gone());
+        assert_eq!(t.report(10_001, STALL).state, LinkState::Down);
+        // Reachable again: a page of the catch-up pass is stored, the pass is not over.
+        t.observe(20_000, moving_blind());
+        let v = t.report(20_001, STALL);
+        assert_eq!(v.state, LinkState::CatchingUp, "{v:?}");
+        assert_eq!(v.since_ms, Some(20_000));
+        // The pass ends: what it found decides.
+        t.observe(21_000, up(7, true));
+        assert_eq!(t.report(21_001, STALL).state, LinkState::CatchingUp);
+        t.observe(22_000, up(0, true));
+        let v = t.report(22_001, STALL);
+        assert_eq!(v.state, LinkState::Current, "{v:?}");
+        assert_eq!(v.since_ms, Some(22_000));
+    }
+
+    #[test]
+    fn an_observation_without_a_lag_keeps_the_lag_learned_while_reachable() {
+        // Movement reported mid-pass after a pass found lag 0 (no outage between): still current.
+        let mut t = LinkTracker::default();
+        t.observe(0, up(0, false));
+        t.observe(1_000, moving_blind());
+        assert_eq!(t.report(1_001, STALL).state, LinkState::Current);
     }
 }

@@ -3,6 +3,7 @@
 //! link's health and chain. [`Links`] also chooses which upstream serves a request (failover order).
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,9 @@ pub struct StoreFigures {
     /// this node's directory does not know yet, pushed ones the upstream refused as untrusted.
     pub pull_held: u64,
     pub push_held: u64,
+    /// `pull_lag` was learned since the link last became reachable (a pull pass finished, or a
+    /// failed one read the upstream's head); false again once it is unreachable.
+    pub pull_lag_known: bool,
 }
 
 impl StoreFigures {
@@ -89,6 +93,8 @@ pub struct Link {
     /// Per store, why its last pull pass failed (absent once one succeeds): a link's state
     /// gathers every store, so one store's success does not hide another's failure.
     pull_errors: Mutex<HashMap<StoreId, String>>,
+    /// Per store, the failure last logged: each store's failures are deduplicated on their own.
+    logged_failures: Mutex<LoggedFailures<StoreId>>,
 }
 
 impl Link {
@@ -128,6 +134,7 @@ impl Link {
             stall_after_ms: crate::config::SyncConfig::default().stall_after_ms as i64,
             delays: Mutex::new(DelayWindow::new(DELAY_SLOT_MS, DELAY_SLOTS)),
             pull_errors: Mutex::new(HashMap::new()),
+            logged_failures: Mutex::new(LoggedFailures::default()),
         }
     }
 
@@ -148,8 +155,14 @@ impl Link {
         self
     }
 
-    /// Records what a pass (or probe) found, now.
+    /// Records what a pass (or probe) found, now. Unreachable: every store's pull lag is unknown
+    /// from now on, until a pass learns it again.
     pub fn observe(&self, observation: Observation) {
+        if matches!(observation, Observation::Unreachable { .. }) {
+            for f in self.figures.lock().expect("figures").values_mut() {
+                f.pull_lag_known = false;
+            }
+        }
         self.tracker
             .lock()
             .expect("tracker")
@@ -206,6 +219,16 @@ impl Link {
             .values()
             .map(|f| f.pull_lag)
             .sum()
+    }
+
+    /// Pull lag over every store synced with this link, if each one's is known since the link
+    /// last became reachable: a sum with a stale part would claim too little.
+    pub fn known_pull_lag(&self) -> Option<u64> {
+        let figures = self.figures.lock().expect("figures");
+        figures
+            .values()
+            .all(|f| f.pull_lag_known)
+            .then(|| figures.values().map(|f| f.pull_lag).sum())
     }
 
     pub fn session(&self, tenant: &str) -> Arc<RemoteSession> {
@@ -267,6 +290,25 @@ impl Link {
             h.down_until = Some(Instant::now() + DOWN_FOR);
         }
         new
+    }
+
+    /// A pass of store `id` failed: recorded like [`record_error`](Self::record_error); returns
+    /// whether it differs from the failure last logged for this store (worth a log line).
+    pub fn record_store_error(&self, id: &StoreId, error: &StoreError) -> bool {
+        self.record_error(error);
+        self.logged_failures
+            .lock()
+            .expect("logged failures")
+            .failed(id.clone(), &error.to_string())
+    }
+
+    /// A pass of store `id` succeeded: the link is healthy, and the store's next failure is new.
+    pub fn record_store_success(&self, id: &StoreId) {
+        self.record_success();
+        self.logged_failures
+            .lock()
+            .expect("logged failures")
+            .succeeded(id);
     }
 
     /// Not known to close a cycle, and not marked down after failures: worth a request now.
@@ -406,6 +448,30 @@ impl Link {
 }
 
 /// The pull error of the first store (by id) whose last pass failed.
+/// The failure last logged per key (a store of a link): a failure is worth a log line when it
+/// differs from the one logged for the same key — not from another key's, which would make two
+/// failing stores log on every pass.
+#[derive(Debug)]
+struct LoggedFailures<K>(HashMap<K, String>);
+
+impl<K> Default for LoggedFailures<K> {
+    fn default() -> Self {
+        Self(HashMap::new())
+    }
+}
+
+impl<K: Eq + Hash> LoggedFailures<K> {
+    /// `key` failed with `error`; true when that is new for `key`.
+    fn failed(&mut self, key: K, error: &str) -> bool {
+        self.0.insert(key, error.to_string()).as_deref() != Some(error)
+    }
+
+    /// `key` succeeded: its next failure is new, whatever it says.
+    fn succeeded(&mut self, key: &K) {
+        self.0.remove(key);
+    }
+}
+
 fn first_error(errors: &HashMap<StoreId, String>) -> Option<String> {
     errors
         .iter()
@@ -473,5 +539,36 @@ impl Links {
         self.upstreams
             .iter()
             .any(|l| l.health.lock().expect("health").connected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LoggedFailures;
+
+    #[test]
+    fn two_stores_failing_alike_each_log_once() {
+        let mut logged = LoggedFailures::default();
+        let (a, b) = ("store-a", "store-b");
+        assert!(logged.failed(a, "HTTP 403: a refused"));
+        assert!(logged.failed(b, "HTTP 403: b refused"));
+        // Every later pass fails the same way for both: nothing new to log.
+        for _ in 0..5 {
+            assert!(!logged.failed(a, "HTTP 403: a refused"));
+            assert!(!logged.failed(b, "HTTP 403: b refused"));
+        }
+    }
+
+    #[test]
+    fn a_changed_failure_or_one_after_a_success_is_new() {
+        let mut logged = LoggedFailures::default();
+        assert!(logged.failed("a", "timeout"));
+        assert!(logged.failed("a", "HTTP 500"));
+        assert!(!logged.failed("a", "HTTP 500"));
+        logged.succeeded(&"a");
+        assert!(logged.failed("a", "HTTP 500"));
+        // Another store's success does not reset this one's.
+        logged.succeeded(&"b");
+        assert!(!logged.failed("a", "HTTP 500"));
     }
 }
