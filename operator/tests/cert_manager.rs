@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{eventually, ControlPlane};
+use common::{create_crd, eventually, ControlPlane};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Event, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -42,21 +42,7 @@ async fn install_certificate_crd(client: &Client) {
             .join("tests/fixtures/cert-manager-certificates-crd.yaml"),
     )
     .unwrap();
-    let crd: CustomResourceDefinition = serde_yaml::from_str(&text).unwrap();
-    crds.create(&PostParams::default(), &crd).await.unwrap();
-    eventually("Certificate CRD established", || async {
-        crds.get("certificates.cert-manager.io")
-            .await
-            .unwrap()
-            .status
-            .is_some_and(|s| {
-                s.conditions
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            })
-    })
-    .await;
+    create_crd(&crds, &serde_yaml::from_str(&text).unwrap()).await;
 }
 
 fn ready_reason(sn: &SyncNode) -> Option<String> {

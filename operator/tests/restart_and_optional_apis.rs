@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{eventually, ControlPlane};
+use common::{create_crd, eventually, ControlPlane};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
@@ -41,22 +41,7 @@ async fn restarted_operator_converges_and_optional_apis_are_respected() {
     let mut cp = ControlPlane::start(false).await;
     let client = cp.client().await;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(&PostParams::default(), &service_monitor_crd())
-        .await
-        .unwrap();
-    eventually("ServiceMonitor CRD established", || async {
-        crds.get("servicemonitors.monitoring.coreos.com")
-            .await
-            .unwrap()
-            .status
-            .is_some_and(|s| {
-                s.conditions
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            })
-    })
-    .await;
+    create_crd(&crds, &service_monitor_crd()).await;
     let nodes: Api<SyncNode> = Api::namespaced(client.clone(), "default");
     let sts: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
     for i in 0..4 {

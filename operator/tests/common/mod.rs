@@ -249,26 +249,8 @@ impl ControlPlane {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/syncrelay.io.yaml"),
         )
         .unwrap();
-        let mut names = Vec::new();
         for doc in text.split("---\n").filter(|d| !d.trim().is_empty()) {
-            let crd: CustomResourceDefinition = serde_yaml::from_str(doc).unwrap();
-            names.push(crd.metadata.name.clone().unwrap());
-            api.create(&PostParams::default(), &crd).await.unwrap();
-        }
-        for name in names {
-            eventually(&format!("CRD {name} established"), || async {
-                api.get(&name)
-                    .await
-                    .ok()
-                    .and_then(|c| c.status)
-                    .is_some_and(|s| {
-                        s.conditions
-                            .unwrap_or_default()
-                            .iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True")
-                    })
-            })
-            .await;
+            create_crd(&api, &serde_yaml::from_str(doc).unwrap()).await;
         }
     }
 
@@ -309,6 +291,25 @@ impl ControlPlane {
 }
 
 /// Polls until `check` holds (60 s deadline).
+/// Creates a CustomResourceDefinition and waits until the API server serves it (Established).
+pub async fn create_crd(api: &Api<CustomResourceDefinition>, crd: &CustomResourceDefinition) {
+    api.create(&PostParams::default(), crd).await.unwrap();
+    let name = crd.metadata.name.clone().unwrap();
+    eventually(&format!("CRD {name} established"), || async {
+        api.get(&name)
+            .await
+            .ok()
+            .and_then(|c| c.status)
+            .is_some_and(|s| {
+                s.conditions
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            })
+    })
+    .await;
+}
+
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
