@@ -285,7 +285,8 @@ pub struct LimitsConfig {
     pub max_connections: u32,
     /// Open connections per client address (IPv6: per /56).
     pub max_connections_per_ip: u32,
-    /// Time a client has to send a request's headers (idle keep-alive connections included).
+    /// Time a client has to send a request's headers (a connection that sends nothing, and idle
+    /// keep-alive connections, included).
     pub header_timeout_ms: u64,
     /// Time a client has to send a request's body once its headers are in (408 after).
     pub body_timeout_ms: u64,

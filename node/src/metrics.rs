@@ -302,7 +302,7 @@ impl Metrics {
             ),
             connections_refused: counter(
                 "syncrelay_connections_refused_total",
-                "Connections answered 503 and closed at once, by the limit they met",
+                "Connections refused: answered 503 and closed at once by the limit they met, or closed for sending no request in time (no_request)",
                 &["reason"],
             ),
             requests_refused: counter(

@@ -16,7 +16,7 @@ use crate::directory::DirectoryHandle;
 use crate::metrics::Metrics;
 use crate::roles::replication::{SyncQueue, UpstreamFeeds};
 use crate::roles::{self, Node, SharedNode};
-use crate::server::connections::{ConnectionLimits, LimitedAcceptor};
+use crate::server::connections::{ConnectionLimits, FirstByteDeadline, LimitedAcceptor};
 use crate::server::{self, AppState, Limiters, SharedState};
 use crate::store::index_compaction::CompactionThresholds;
 use crate::store::{StorageBackend, StoreRegistry};
@@ -224,8 +224,10 @@ pub async fn serve(
         ),
     };
     let header_timeout = Duration::from_millis(limits.header_timeout_ms.max(1));
-    // Headers must arrive in time (a half-sent request, or an idle keep-alive connection, is
-    // closed after the timeout); the body deadline is the body layer's (server::body).
+    let metrics = state.node.metrics.clone();
+    // Headers must arrive in time (a silent connection, a half-sent request, or an idle
+    // keep-alive connection, is closed after the timeout); the body deadline is the body
+    // layer's (server::body).
     let configure = |builder: &mut hyper_util::server::conn::auto::Builder<_>| {
         builder
             .http1()
@@ -253,14 +255,18 @@ pub async fn serve(
                 .handshake_timeout(header_timeout)
                 .acceptor(acceptor);
             let mut server = axum_server::from_tcp(listener)
-                .acceptor(tls_acceptor)
+                .acceptor(FirstByteDeadline::new(
+                    tls_acceptor,
+                    header_timeout,
+                    metrics,
+                ))
                 .handle(handle);
             configure(server.http_builder());
             server.serve(app).await?;
         }
         None => {
             let mut server = axum_server::from_tcp(listener)
-                .acceptor(acceptor)
+                .acceptor(FirstByteDeadline::new(acceptor, header_timeout, metrics))
                 .handle(handle);
             // Plain HTTP speaks HTTP/1.1 only, as MindooDB clients do: an h2c connection that
             // opens no stream is not bounded by the header timeout and would hold its place.

@@ -15,9 +15,12 @@
 //! 2. An upstream presenting a certificate from another CA, then one for another name: the relay
 //!    refuses it, stores nothing, and its `/status` link is `down` with a reason that says what is
 //!    wrong; once the upstream presents a proper certificate, the link recovers.
+//! 3. A client that completes the handshake and then sends nothing is closed by the header
+//!    timeout instead of holding its connection's place.
 
 mod common;
 
+use std::io::Read;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -123,9 +126,8 @@ fn write_bundle(path: &Path, cas: &[&Ca]) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// The leaf certificate (DER) a fresh TLS handshake with 127.0.0.1:`port` presents, verified
-/// against `cas`.
-fn presented(port: u16, cas: &[&Ca]) -> Result<Vec<u8>, String> {
+/// A finished TLS handshake with 127.0.0.1:`port`, verifying the server against `cas`.
+fn handshake(port: u16, cas: &[&Ca]) -> Result<(rustls::ClientConnection, TcpStream), String> {
     let mut roots = rustls::RootCertStore::empty();
     for ca in cas {
         roots
@@ -149,6 +151,13 @@ fn presented(port: u16, cas: &[&Ca]) -> Result<Vec<u8>, String> {
     while conn.is_handshaking() {
         conn.complete_io(&mut socket).map_err(|e| e.to_string())?;
     }
+    Ok((conn, socket))
+}
+
+/// The leaf certificate (DER) a fresh TLS handshake with 127.0.0.1:`port` presents, verified
+/// against `cas`.
+fn presented(port: u16, cas: &[&Ca]) -> Result<Vec<u8>, String> {
+    let (conn, _socket) = handshake(port, cas)?;
     let chain = conn.peer_certificates().ok_or("no certificate")?;
     Ok(chain[0].to_vec())
 }
@@ -536,4 +545,44 @@ async fn an_upstream_from_another_ca_or_for_another_name_is_refused_with_a_clear
         l["state"] == "current" && l["lag"] == 0
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_client_silent_after_the_handshake_is_closed_by_the_header_timeout() {
+    let ca = Ca::new("syncrelay test CA");
+    let mut c = Cluster::new(&["origin"]);
+    c.scheme = "https";
+    let dir = c.dir(0);
+    install(&dir, 1, &ca.leaf(LOOPBACK));
+    c.configure(
+        0,
+        &format!(
+            "role: origin\nlimits: {{headerTimeoutMs: 1000}}\n{}",
+            tls_config(&dir)
+        ),
+    );
+    c.start(0);
+    let (_conn, mut socket) = handshake(c.members[0].port, &[&ca]).unwrap();
+    // Whatever the server still sends (session tickets), then the close: within the deadline.
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = [0u8; 4096];
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the server kept a silent TLS connection open"
+        );
+        match socket.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
 }

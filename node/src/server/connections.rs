@@ -2,9 +2,12 @@
 //! `maxConnectionsPerIp` per client address (IPv6 per /56). A connection over either limit gets a
 //! complete `503 {error}` answer and is closed at once, so a flood of idle or half-sent
 //! connections cannot take the sockets, tasks and memory that valid clients need. Slow clients are
-//! bounded by the HTTP layer's header timeout and the body deadline ([`super::body`]).
+//! bounded by the HTTP layer's header timeout and the body deadline ([`super::body`]); a client
+//! that sends nothing at all by [`FirstByteDeadline`], because the server's protocol sniffing reads
+//! the first bytes before that header timeout starts.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -15,6 +18,7 @@ use std::time::Duration;
 use axum_server::accept::Accept;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use crate::metrics::Metrics;
 
@@ -175,6 +179,123 @@ impl<S: Send + 'static> Accept<TcpStream, S> for LimitedAcceptor {
                 }
             }
         })
+    }
+}
+
+/// Closes a connection that has sent no byte within `within` of being accepted (after the TLS
+/// handshake, where there is one). axum-server hands connections to hyper's version sniffing,
+/// which waits for the first bytes with no deadline; hyper's header timeout only starts once
+/// HTTP/1 is chosen, so without this a silent connection would hold its place for ever.
+#[derive(Clone)]
+pub struct FirstByteDeadline<A> {
+    inner: A,
+    within: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl<A> FirstByteDeadline<A> {
+    pub fn new(inner: A, within: Duration, metrics: Arc<Metrics>) -> Self {
+        FirstByteDeadline {
+            inner,
+            within,
+            metrics,
+        }
+    }
+}
+
+impl<A, I, S> Accept<I, S> for FirstByteDeadline<A>
+where
+    A: Accept<I, S>,
+    A::Future: Send + 'static,
+{
+    type Stream = AwaitingFirstByte<A::Stream>;
+    type Service = A::Service;
+    type Future = Pin<Box<dyn Future<Output = io::Result<(Self::Stream, A::Service)>> + Send>>;
+
+    fn accept(&self, stream: I, service: S) -> Self::Future {
+        let accepted = self.inner.accept(stream, service);
+        let within = self.within;
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let (stream, service) = accepted.await?;
+            Ok((
+                AwaitingFirstByte {
+                    inner: stream,
+                    deadline: Some(Box::pin(tokio::time::sleep(within))),
+                    metrics,
+                },
+                service,
+            ))
+        })
+    }
+}
+
+/// A stream whose reads fail with `TimedOut` if its first byte does not arrive by the deadline.
+pub struct AwaitingFirstByte<S> {
+    inner: S,
+    /// Dropped once a byte has arrived.
+    deadline: Option<Pin<Box<Sleep>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for AwaitingFirstByte<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        match &read {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => self.deadline = None,
+            Poll::Pending => {
+                if let Some(deadline) = self.deadline.as_mut() {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        self.deadline = None;
+                        self.metrics
+                            .connections_refused
+                            .with_label_values(&["no_request"])
+                            .inc();
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "no request within the header timeout",
+                        )));
+                    }
+                }
+            }
+            _ => {}
+        }
+        read
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for AwaitingFirstByte<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
