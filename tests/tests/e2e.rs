@@ -2,10 +2,16 @@
 //! and real `syncrelay-node` processes started from exactly what the operator rendered (ConfigMap
 //! node config, identity and directory Secrets, the pod's instance name) with the Services' names
 //! mapped to loopback. Alice writes at one edge, Bob reads at another; the chain's status reports
-//! the nodes Ready with their lag; an added edge joins and a revoked user is refused.
+//! the nodes Ready with their lag; the relay's link stalls for real (its upstream, behind a test
+//! proxy, answers heads but refuses every entry transfer) and the operator reports
+//! `UpstreamConnected=False/Stalled` with one Warning Event, then the recovery; an added edge
+//! joins and a revoked user is refused.
 
 #[path = "../../operator/tests/common/mod.rs"]
 mod control;
+#[path = "../../node/tests/common/proxy.rs"]
+#[allow(dead_code)] // this test uses a part of it
+mod proxy;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,7 +22,8 @@ use std::time::Duration;
 use control::{eventually, free_port, workspace_bin, ControlPlane, Proc};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::ByteString;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use proxy::Proxy;
 use serde_json::json;
 use syncrelay_node::client::{HttpTransport, RemoteSession, RemoteStore, SessionOptions};
 use syncrelay_node::config::NodeConfig;
@@ -130,6 +137,8 @@ async fn run_node(client: &kube::Client, node: &str, ports: &BTreeMap<String, u1
     config.auth.secret_file = Some(d.join("auth-secret"));
     config.directory_file = Some(d.join("directory.yaml"));
     config.sync.interval_ms = 300;
+    // Five minutes by default: this test stalls the relay's link and waits for it.
+    config.sync.stall_after_ms = 2_000;
     for upstream in &mut config.upstreams {
         let host = upstream
             .url
@@ -271,7 +280,21 @@ async fn a_chain_the_operator_wired_carries_data() {
     })
     .await;
     let mut running = BTreeMap::new();
-    for node in &names[..4] {
+    running.insert(
+        "e2e-origin".to_string(),
+        run_node(&client, "e2e-origin", &ports).await,
+    );
+    // The relay reaches the origin through a proxy that this test can make refuse entry
+    // transfers.
+    let proxy = Proxy::start(&running["e2e-origin"].url);
+    let mut via_proxy = ports.clone();
+    let proxy_port = proxy.url.rsplit(':').next().unwrap().parse().unwrap();
+    via_proxy.insert("e2e-origin".to_string(), proxy_port);
+    running.insert(
+        "e2e-relay".to_string(),
+        run_node(&client, "e2e-relay", &via_proxy).await,
+    );
+    for node in &names[2..4] {
         running.insert(node.to_string(), run_node(&client, node, &ports).await);
     }
 
@@ -317,6 +340,113 @@ async fn a_chain_the_operator_wired_carries_data() {
         },
     )
     .await;
+
+    // Replication silently stops: through the proxy the origin still answers heads and scans,
+    // but every entry transfer is refused. The relay's link stalls; the operator puts it in the
+    // relay's `UpstreamConnected` condition (False, Stalled) with a Warning Event, and both
+    // clear once entries flow again.
+    proxy.refuse_transfers(true);
+    let more: Vec<_> = (20..30)
+        .map(|n| {
+            syncrelay_node::crypto::signing::author_entry(
+                &vector_identity("alice").1,
+                "doc",
+                n,
+                format!("ciphertext {n}").into_bytes(),
+            )
+        })
+        .collect();
+    let at_origin = user_store(&running["e2e-origin"].url, "alice");
+    let outcome = at_origin.push_entries(more).await.unwrap();
+    assert!(outcome.rejected.is_empty(), "{:?}", outcome.rejected);
+    let http = reqwest::Client::new();
+    let relay_link = || async {
+        let status: serde_json::Value = http
+            .get(format!("{}/status", running["e2e-relay"].url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        status["links"][0].clone()
+    };
+    eventually("the relay's link stalled", || async {
+        relay_link().await["state"] == "stalled"
+    })
+    .await;
+    assert!(proxy.refused() > 0);
+    let sync_nodes: Api<SyncNode> = Api::namespaced(client.clone(), "default");
+    let upstream_condition = || async {
+        let sn = sync_nodes.get("e2e-relay").await.unwrap();
+        let generation = sn.metadata.generation;
+        sn.status.and_then(|s| {
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == "UpstreamConnected" && c.observed_generation == generation)
+                .map(|c| (c.status, c.reason, c.message))
+        })
+    };
+    // The operator reads the node's /status on its 30 s refresh.
+    eventually("e2e-relay UpstreamConnected=False/Stalled", || async {
+        upstream_condition()
+            .await
+            .is_some_and(|(status, reason, _)| status == "False" && reason == "Stalled")
+    })
+    .await;
+    let (_, _, message) = upstream_condition().await.unwrap();
+    assert!(message.contains("stalled: e2e-origin"), "{message}");
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    let event = |reason: &'static str, type_: &'static str| {
+        let events = events.clone();
+        async move {
+            events
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .filter(|e| {
+                    e.involved_object.name.as_deref() == Some("e2e-relay")
+                        && e.reason.as_deref() == Some(reason)
+                        && e.type_.as_deref() == Some(type_)
+                })
+                // Repeats may be folded into one Event with a count.
+                .map(|e| {
+                    e.series
+                        .as_ref()
+                        .and_then(|s| s.count)
+                        .or(e.count)
+                        .unwrap_or(1)
+                })
+                .sum::<i32>()
+        }
+    };
+    eventually("an UpstreamStalled Warning Event", || async {
+        event("UpstreamStalled", "Warning").await == 1
+    })
+    .await;
+    proxy.refuse_transfers(false);
+    eventually("the relay's link current again", || async {
+        let link = relay_link().await;
+        link["state"] == "current" && link["lag"] == 0
+    })
+    .await;
+    eventually("e2e-relay UpstreamConnected=True/Connected", || async {
+        upstream_condition()
+            .await
+            .is_some_and(|(status, reason, _)| status == "True" && reason == "Connected")
+    })
+    .await;
+    eventually("an UpstreamRecovered Event", || async {
+        event("UpstreamRecovered", "Normal").await == 1
+    })
+    .await;
+    assert_eq!(
+        event("UpstreamStalled", "Warning").await,
+        1,
+        "one Warning for the one transition"
+    );
 
     // The chain grows: edge3 is rendered, started from its rendering, and serves Bob.
     let mut four = three_hops.as_array().unwrap().clone();
