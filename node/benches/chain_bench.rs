@@ -14,7 +14,10 @@
 //! 5. the edge's resident memory against its cache limit;
 //! 6. the relay's replication delay (origin receipt → stored at the relay) from its
 //!    `syncrelay_replication_delay_seconds` histogram: while the origin is being loaded (the
-//!    relay pulling as the writes come in), and for the 2250 fresh entries written later.
+//!    relay pulling as the writes come in), for the 2250 fresh entries written later in one
+//!    push, and (7) under load: 100 entries written every 100 ms for LOAD_SECONDS (default 15)
+//!    while four clients pull complete copies over and over, two from the origin and two
+//!    through the edge.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -149,6 +152,22 @@ async fn delay_histogram(c: &Cluster, i: usize) -> (Vec<(f64, f64)>, f64) {
     (buckets, sum)
 }
 
+/// Waits until the relay stores `entries` entries itself and its link is current.
+async fn until_relay_holds(c: &Cluster, entries: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = c.status(1).await;
+        if status["entries"].as_u64() >= Some(entries) && status["links"][0]["state"] == "current" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "relay did not catch up: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Count, mean and the bucket bounds of p50 / p99 of the delays recorded between two snapshots.
 fn delay_between(before: &(Vec<(f64, f64)>, f64), after: &(Vec<(f64, f64)>, f64)) -> String {
     let counts: Vec<(f64, f64)> = after
@@ -261,7 +280,11 @@ async fn run() {
     c.configure(0, &format!("role: origin\n{LIMITS}"));
     c.configure(
         1,
-        &format!("role: relay\n{LIMITS}{}", c.remotes("upstreams", &[0])),
+        // The relay carries the database from the start, so it pulls while the origin is loaded.
+        &format!(
+            "role: relay\ndatabases: [{{tenant: {TENANT}, db: bench}}]\n{LIMITS}{}",
+            c.remotes("upstreams", &[0])
+        ),
     );
     c.configure(
         2,
@@ -287,17 +310,9 @@ async fn run() {
     eprintln!("waiting for the relay to hold a complete copy...");
     let mut relay_reader = c.client(1);
     relay_reader.login("bob").await;
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        let r = relay_reader
-            .sync("getStoreHead", serde_json::json!({"dbId": "bench"}))
-            .await;
-        if r.status == 200 && r.json()["head"]["maxReceiptOrder"].as_u64() >= Some(total as u64) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "relay did not catch up");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    // The relay's own count: its getStoreHead is answered from the origin until its copy is
+    // complete, so a head says nothing about what the relay has pulled.
+    until_relay_holds(&c, total as u64, Duration::from_secs(900)).await;
     let delay_loaded = delay_histogram(&c, 1).await;
     let relay_status = c.status(1).await;
     let loaded_window = relay_status["links"][0]["delay"].clone();
@@ -359,15 +374,7 @@ async fn run() {
     let ids: Vec<String> = fresh.iter().map(|e| e.metadata.id.clone()).collect();
     let delay_before_fresh = delay_histogram(&c, 1).await;
     loader.push_entries(fresh).await.unwrap();
-    loop {
-        let r = relay_reader
-            .sync("getStoreHead", serde_json::json!({"dbId": "bench"}))
-            .await;
-        if r.json()["head"]["maxReceiptOrder"].as_u64() >= Some(total as u64 + 2250) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_relay_holds(&c, total as u64 + 2250, Duration::from_secs(300)).await;
 
     let delay_fresh = delay_histogram(&c, 1).await;
 
@@ -408,6 +415,57 @@ async fn run() {
     let upstream_requests = served(&c, 1, "sync/docs/getEntriesBinary").await - before;
     let edge_rss = rss_mib(c.pid(2));
 
+    // 7. Replication delay under load: a writer pushes a batch of 100 fresh entries at the origin
+    //    every 100 ms for LOAD_SECONDS while four readers pull complete copies over and over, two
+    //    from the origin and two through the edge (whose cache is smaller than the data, so the
+    //    relay serves it too).
+    let load_seconds: u64 = std::env::var("LOAD_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let held_before = total as u64 + 2250;
+    let delay_before_load = delay_histogram(&c, 1).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = [0, 0, 2, 2]
+        .into_iter()
+        .map(|node| {
+            let source = as_user(&c.url(node), "bob", "bench");
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut pulls, mut entries) = (0u64, 0u64);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    entries += pull_rate(&source).await.1;
+                    pulls += 1;
+                }
+                (pulls, entries)
+            })
+        })
+        .collect();
+    let load_started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut written = 0u64;
+    while load_started.elapsed() < Duration::from_secs(load_seconds) {
+        tick.tick().await;
+        let first = held_before + written;
+        let batch: Vec<_> = (first..first + 100)
+            .map(|n| signed_entry("alice", &format!("doc{}", n % 997), n as usize, 1024))
+            .collect();
+        loader.push_entries(batch).await.unwrap();
+        written += 100;
+    }
+    let write_secs = load_started.elapsed().as_secs_f64();
+    until_relay_holds(&c, held_before + written, Duration::from_secs(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut pulls, mut pulled) = (0u64, 0u64);
+    for reader in readers {
+        let (p, e) = reader.await.unwrap();
+        pulls += p;
+        pulled += e;
+    }
+    let read_secs = load_started.elapsed().as_secs_f64();
+    let delay_under_load = delay_histogram(&c, 1).await;
+
     println!("chain benchmark, {total} entries of 1 KiB, one run on this machine");
     shared.print("all processes sharing this machine's cores");
     match &held {
@@ -436,5 +494,11 @@ async fn run() {
     println!(
         "  relay replication delay of 2250 fresh entries (one push): {}",
         delay_between(&delay_before_fresh, &delay_fresh)
+    );
+    println!(
+        "  relay replication delay of {written} entries written at {:.0} entries/s while 4 clients pulled complete copies ({pulls} pulls, {:.0} entries/s read): {}",
+        written as f64 / write_secs,
+        pulled as f64 / read_secs,
+        delay_between(&delay_before_load, &delay_under_load)
     );
 }
