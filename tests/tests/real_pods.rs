@@ -305,6 +305,14 @@ impl Cluster {
         self.items(ns, "pods").iter().map(Pod::from_json).collect()
     }
 
+    /// The pods of the SyncNode `instance` that run the node (not its backup runs).
+    fn node_pods(&self, ns: &str, instance: &str) -> Vec<Pod> {
+        self.pods(ns)
+            .into_iter()
+            .filter(|p| p.instance == instance && p.app == "syncrelay-node")
+            .collect()
+    }
+
     fn node_ip(&self) -> String {
         let nodes = self.json(&["get", "nodes"]);
         nodes["items"][0]["status"]["addresses"]
@@ -626,11 +634,7 @@ fn apply_example_chain(cluster: &Cluster, t: &mut Timings, bin_dir: &Path, keys:
     });
     cluster.ok(&["get", "syncchains,syncnodes", "-n", NS]);
     cluster.ok(&["get", "pods,pvc,svc", "-n", NS, "-o", "wide"]);
-    let origin_pods = cluster
-        .pods(NS)
-        .into_iter()
-        .filter(|p| p.instance == "acme-origin")
-        .count();
+    let origin_pods = cluster.node_pods(NS, "acme-origin").len();
     assert_eq!(origin_pods, 3, "the example's origin has 3 replicas");
     let office = cluster.service_url(NS, "acme-office");
     let status = run(Command::new(bin_dir.join("syncrelay-node")).args(["status", &office]));
@@ -739,11 +743,7 @@ fn origin_pod_returns_with_its_data(
     // The chain converges: new entries written at the office reach every origin replica.
     let more = sealed_entries(&users.alice, key, "after-restart", 5);
     push(&users.alice, &cluster.service_url(NS, "acme-office"), &more);
-    for p in cluster
-        .pods(NS)
-        .iter()
-        .filter(|p| p.instance == "acme-origin")
-    {
+    for p in cluster.node_pods(NS, "acme-origin") {
         read_and_decrypt(
             &users.bob,
             &p.url(),
@@ -794,13 +794,7 @@ fn wait_job(cluster: &Cluster, name: &str) {
 /// lost (all three replicas), the origins come back empty, the runbook's restore Job brings the
 /// snapshot back, and every replica holds every entry with the same ids and content hashes.
 fn origin_backup_and_restore(cluster: &Cluster, users: &Users, key: &[u8; 32], written: &[Entry]) {
-    let origin_pods = || -> Vec<Pod> {
-        cluster
-            .pods(NS)
-            .into_iter()
-            .filter(|p| p.instance == "acme-origin" && p.app == "syncrelay-node")
-            .collect()
-    };
+    let origin_pods = || cluster.node_pods(NS, "acme-origin");
     let more = sealed_entries(&users.alice, key, "before-backup", 10);
     push(&users.alice, &cluster.service_url(NS, "acme-office"), &more);
     for p in origin_pods() {
@@ -1073,11 +1067,7 @@ fn one_node_set_rolls(cluster: &Cluster) {
                 && d["status"]["updatedReplicas"].as_i64() == Some(replicas)
                 && d["status"]["readyReplicas"].as_i64() == Some(replicas)
                 && d["status"]["replicas"].as_i64() == Some(replicas);
-            let office: Vec<Pod> = cluster
-                .pods(NS)
-                .into_iter()
-                .filter(|p| p.instance == "acme-office")
-                .collect();
+            let office = cluster.node_pods(NS, "acme-office");
             let fresh = office.len() as i64 == replicas
                 && office
                     .iter()
@@ -1092,13 +1082,13 @@ fn one_node_set_rolls(cluster: &Cluster) {
         .contains(&size.to_string()));
     let others_before: BTreeSet<(String, String)> = pods_before
         .values()
-        .filter(|p| p.instance != "acme-office")
+        .filter(|p| p.instance != "acme-office" && p.app == "syncrelay-node")
         .map(|p| (p.name.clone(), p.uid.clone()))
         .collect();
     let others_after: BTreeSet<(String, String)> = cluster
         .pods(NS)
         .into_iter()
-        .filter(|p| p.instance != "acme-office")
+        .filter(|p| p.instance != "acme-office" && p.app == "syncrelay-node")
         .map(|p| (p.name, p.uid))
         .collect();
     assert_eq!(
@@ -1123,7 +1113,7 @@ fn revoked_user_is_refused_everywhere(cluster: &Cluster, users: &Users) {
     let pods: Vec<Pod> = cluster
         .pods(NS)
         .into_iter()
-        .filter(|p| p.instance.starts_with("acme-"))
+        .filter(|p| p.instance.starts_with("acme-") && p.app == "syncrelay-node")
         .collect();
     assert_eq!(pods.len(), 6, "origin ×3, eu, office, branch: {pods:?}");
     let mut refusing = BTreeSet::new();
