@@ -84,13 +84,13 @@ async fn relay_entries(relay: &Client) -> u64 {
     r.json()["entries"].as_u64().unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_link_that_answers_but_moves_nothing_is_stalled_then_current_then_down() {
-    let started = Instant::now();
+/// An origin, and a relay carrying [`DB`] whose upstream is a [`Proxy`] to it; the relay's
+/// client, and a client logged in to the origin as alice. Keep the cluster alive.
+async fn origin_and_relay_behind_proxy() -> (Cluster, Proxy, Client, Client) {
     let mut c = Cluster::new(&["origin", "relay"]);
     c.configure(0, "role: origin\n");
     c.start(0);
-    let mut proxy = Proxy::start(&c.url(0));
+    let proxy = Proxy::start(&c.url(0));
     c.configure_sync(
         1,
         SYNC,
@@ -103,6 +103,13 @@ async fn a_link_that_answers_but_moves_nothing_is_stalled_then_current_then_down
     let relay = c.client(1);
     let mut writer = c.client(0);
     writer.login("alice").await;
+    (c, proxy, relay, writer)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_link_that_answers_but_moves_nothing_is_stalled_then_current_then_down() {
+    let started = Instant::now();
+    let (_c, mut proxy, relay, writer) = origin_and_relay_behind_proxy().await;
 
     // 1. Forwarding: 20 entries reach the relay; the link is current; every stored entry was
     //    timed, and no delay is below 0 or above the time this test has run.
@@ -334,22 +341,7 @@ async fn a_link_that_answers_but_moves_nothing_is_stalled_then_current_then_down
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_link_back_from_an_outage_is_not_current_until_the_missed_entries_arrived() {
-    let mut c = Cluster::new(&["origin", "relay"]);
-    c.configure(0, "role: origin\n");
-    c.start(0);
-    let proxy = Proxy::start(&c.url(0));
-    c.configure_sync(
-        1,
-        SYNC,
-        &format!(
-            "role: relay\nupstreams: [{{name: origin, url: '{}'}}]\ndatabases: [{{tenant: vectors, db: {DB}}}]\n",
-            proxy.url
-        ),
-    );
-    c.start(1);
-    let relay = c.client(1);
-    let mut writer = c.client(0);
-    writer.login("alice").await;
+    let (_c, proxy, relay, writer) = origin_and_relay_behind_proxy().await;
 
     // 1. In sync: 5 entries, the link current.
     let first: Vec<_> = (0..5)
