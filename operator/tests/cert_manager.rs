@@ -10,7 +10,7 @@ mod common;
 
 use common::{create_crd, eventually, ControlPlane};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Event, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
@@ -97,19 +97,8 @@ async fn certificates_only_where_cert_manager_is_served() {
         message.contains("cert-manager.io/v1 Certificate") && message.contains("solo-tls"),
         "{message}"
     );
-    let events: Api<Event> = Api::namespaced(client.clone(), "default");
     eventually("a Warning Event CertManagerMissing for solo", || async {
-        events
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .any(|e| {
-                e.involved_object.name.as_deref() == Some("solo")
-                    && e.type_.as_deref() == Some("Warning")
-                    && e.reason.as_deref() == Some("CertManagerMissing")
-            })
+        common::event_count(&client, "solo", "Warning", Some("CertManagerMissing")).await > 0
     })
     .await;
     let solo_sts = sts.get("solo").await.expect("the workload is applied");

@@ -206,21 +206,10 @@ async fn sync_nodes_are_reconciled_against_a_real_api_server() {
         })
     })
     .await;
-    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
     eventually(
         "an UpstreamUnreachable Warning event for the relay",
         || async {
-            events
-                .list(&kube::api::ListParams::default())
-                .await
-                .unwrap()
-                .items
-                .iter()
-                .any(|e| {
-                    e.involved_object.name.as_deref() == Some("relay")
-                        && e.type_.as_deref() == Some("Warning")
-                        && e.reason.as_deref() == Some("UpstreamUnreachable")
-                })
+            common::event_count(&client, "relay", "Warning", Some("UpstreamUnreachable")).await > 0
         },
     )
     .await;

@@ -22,7 +22,7 @@ use std::time::Duration;
 use control::{eventually, free_port, workspace_bin, ControlPlane, Proc};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::ByteString;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use proxy::Proxy;
 use serde_json::json;
 use syncrelay_node::client::{HttpTransport, RemoteSession, RemoteStore, SessionOptions};
@@ -47,6 +47,20 @@ fn vector_identity(name: &str) -> (String, Identity) {
         )
         .unwrap(),
     )
+}
+
+/// Alice's entries `ns` of one document, signed with her vector identity.
+fn alice_entries(ns: std::ops::Range<usize>) -> Vec<syncrelay_node::wire::Entry> {
+    let alice = vector_identity("alice").1;
+    ns.map(|n| {
+        syncrelay_node::crypto::signing::author_entry(
+            &alice,
+            "doc",
+            n,
+            format!("ciphertext {n}").into_bytes(),
+        )
+    })
+    .collect()
 }
 
 fn users_directory(alice_revoked: bool) -> String {
@@ -215,19 +229,7 @@ async fn a_chain_the_operator_wired_carries_data() {
     let client = cp.client().await;
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
-    eventually("CRDs from the chart established", || async {
-        crds.get_opt("syncchains.syncrelay.io")
-            .await
-            .unwrap()
-            .and_then(|c| c.status)
-            .is_some_and(|s| {
-                s.conditions
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            })
-    })
-    .await;
+    control::wait_established(&crds, "syncchains.syncrelay.io").await;
     // No kubelet runs the chart's Deployment: the operator runs here, from the same binary.
     cp.start_operator();
 
@@ -300,16 +302,7 @@ async fn a_chain_the_operator_wired_carries_data() {
 
     // Alice writes at edge1; Bob reads at edge2.
     let alice = user_store(&running["e2e-edge1"].url, "alice");
-    let written: Vec<_> = (0..20)
-        .map(|n| {
-            syncrelay_node::crypto::signing::author_entry(
-                &vector_identity("alice").1,
-                "doc",
-                n,
-                format!("ciphertext {n}").into_bytes(),
-            )
-        })
-        .collect();
+    let written = alice_entries(0..20);
     let outcome = alice.push_entries(written.clone()).await.unwrap();
     assert!(outcome.rejected.is_empty(), "{:?}", outcome.rejected);
     let bob = user_store(&running["e2e-edge2"].url, "bob");
@@ -346,16 +339,7 @@ async fn a_chain_the_operator_wired_carries_data() {
     // relay's `UpstreamConnected` condition (False, Stalled) with a Warning Event, and both
     // clear once entries flow again.
     proxy.refuse_transfers(true);
-    let more: Vec<_> = (20..30)
-        .map(|n| {
-            syncrelay_node::crypto::signing::author_entry(
-                &vector_identity("alice").1,
-                "doc",
-                n,
-                format!("ciphertext {n}").into_bytes(),
-            )
-        })
-        .collect();
+    let more = alice_entries(20..30);
     let at_origin = user_store(&running["e2e-origin"].url, "alice");
     let outcome = at_origin.push_entries(more).await.unwrap();
     assert!(outcome.rejected.is_empty(), "{:?}", outcome.rejected);
@@ -396,31 +380,8 @@ async fn a_chain_the_operator_wired_carries_data() {
     .await;
     let (_, _, message) = upstream_condition().await.unwrap();
     assert!(message.contains("stalled: e2e-origin"), "{message}");
-    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
     let event = |reason: &'static str, type_: &'static str| {
-        let events = events.clone();
-        async move {
-            events
-                .list(&ListParams::default())
-                .await
-                .unwrap()
-                .items
-                .iter()
-                .filter(|e| {
-                    e.involved_object.name.as_deref() == Some("e2e-relay")
-                        && e.reason.as_deref() == Some(reason)
-                        && e.type_.as_deref() == Some(type_)
-                })
-                // Repeats may be folded into one Event with a count.
-                .map(|e| {
-                    e.series
-                        .as_ref()
-                        .and_then(|s| s.count)
-                        .or(e.count)
-                        .unwrap_or(1)
-                })
-                .sum::<i32>()
-        }
+        control::event_count(&client, "e2e-relay", type_, Some(reason))
     };
     eventually("an UpstreamStalled Warning Event", || async {
         event("UpstreamStalled", "Warning").await == 1

@@ -290,15 +290,19 @@ impl ControlPlane {
     }
 }
 
-/// Polls until `check` holds (60 s deadline).
-/// Creates a CustomResourceDefinition and waits until the API server serves it (Established).
+/// Creates a CustomResourceDefinition and waits until the API server serves it.
 pub async fn create_crd(api: &Api<CustomResourceDefinition>, crd: &CustomResourceDefinition) {
     api.create(&PostParams::default(), crd).await.unwrap();
-    let name = crd.metadata.name.clone().unwrap();
+    wait_established(api, crd.metadata.name.as_deref().unwrap()).await;
+}
+
+/// Waits until the CustomResourceDefinition `name` is Established (its API served).
+pub async fn wait_established(api: &Api<CustomResourceDefinition>, name: &str) {
     eventually(&format!("CRD {name} established"), || async {
-        api.get(&name)
+        api.get_opt(name)
             .await
             .ok()
+            .flatten()
             .and_then(|c| c.status)
             .is_some_and(|s| {
                 s.conditions
@@ -310,6 +314,7 @@ pub async fn create_crd(api: &Api<CustomResourceDefinition>, crd: &CustomResourc
     .await;
 }
 
+/// Polls until `check` holds (60 s deadline).
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
@@ -372,20 +377,35 @@ pub fn start_node_with(config: &str) -> (Proc, String, tempfile::TempDir) {
     (Proc(child), url, data)
 }
 
+/// How many Events of `type_` (and `reason`, when given) are about the object `name` in
+/// `default`, counting repeats folded into one Event.
+pub async fn event_count(client: &Client, name: &str, type_: &str, reason: Option<&str>) -> i32 {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    events
+        .list(&kube::api::ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|e| {
+            e.involved_object.name.as_deref() == Some(name)
+                && e.type_.as_deref() == Some(type_)
+                && reason.is_none_or(|r| e.reason.as_deref() == Some(r))
+        })
+        .map(|e| {
+            e.series
+                .as_ref()
+                .and_then(|s| s.count)
+                .or(e.count)
+                .unwrap_or(1)
+        })
+        .sum()
+}
+
 /// Waits for a Warning Event about the object `name` in `default`.
 pub async fn warning_event_for(client: &Client, name: &str) {
-    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
     eventually(&format!("a Warning event for {name}"), || async {
-        events
-            .list(&kube::api::ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .any(|e| {
-                e.involved_object.name.as_deref() == Some(name)
-                    && e.type_.as_deref() == Some("Warning")
-            })
+        event_count(client, name, "Warning", None).await > 0
     })
     .await;
 }
